@@ -1,0 +1,290 @@
+"""Structured-config schemas: the types that every YAML option in `conf/` is checked against.
+
+Each YAML option names its schema first in its defaults list (for example
+`conf/stage/pixel_grouping.yaml` starts from `schema_pixel_grouping`), so a misspelt key or a
+value of the wrong type in a file or an override fails at composition with Hydra's message,
+not hours later inside a job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from omegaconf import II, MISSING
+
+
+class Metric(Enum):
+    dot = "dot"  # f . c against Euclidean centroids (the paper's scripts)
+    l2 = "l2"  # 2 f . c - |f|^2 - |c|^2, i.e. nearest centroid
+
+
+class ObjectSource(Enum):
+    model = "model"  # most confident instance of the instance-segmentation model
+    gt = "gt"  # ground-truth object masks, where the dataset has them
+
+
+class Mapping(Enum):
+    majority = "majority"  # each predicted label -> the GT part it overlaps most (paper)
+    hungarian = "hungarian"  # one-to-one assignment on the overlaps
+    identity = "identity"  # labels already are the dataset's part classes (supervised)
+
+
+class ObjectClass(Enum):
+    synset = "synset"  # PartImageNet: the image's ImageNet synset (paper)
+    supercategory = "supercategory"  # PartImageNet: one of its 11 supercategories
+
+
+class Resume(Enum):
+    auto = "auto"  # continue from the newest complete checkpoint in the run folder
+    never = "never"  # start from the initial weights even if checkpoints exist
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups that choose one option: data, eval, model, setting
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # dataset family: imagenet_1k | imagenet_22k | synthetic
+    root: str = MISSING  # ${pd_dataset:<name>}: absolute path, resolved after its layout check
+    train: str = MISSING  # catalog name of the training split, e.g. imagenet_1k_train
+    num_workers: int = 8  # DataLoader workers per process
+
+
+@dataclass
+class EvalConfig:
+    suite: str = MISSING  # suite name: pascal_parts | part_imagenet | cityscapes_part | synthetic
+    dataset: str = MISSING  # dataset folder under $PART_DISTILLATION_ROOT/datasets
+    root: str = MISSING  # ${pd_dataset:...}: absolute path, resolved after its layout check
+    split: str = MISSING  # the split that is scored
+    match_split: str = MISSING  # the split the label -> part mapping is learned on
+    mapping: Mapping = Mapping.majority
+    object_class: ObjectClass = ObjectClass.synset
+    min_size: int = 640  # shortest edge of the evaluation input (paper: 640)
+    max_size: int = 1333  # longest edge cap (detectron2's default the paper inherits)
+    batch_size: int = 8
+
+
+@dataclass
+class BackboneConfig:
+    type: str = "swin"  # swin | resnet
+    embed_dim: int = 192  # Swin: width of the first stage
+    depths: List[int] = field(default_factory=lambda: [2, 2, 18, 2])
+    num_heads: List[int] = field(default_factory=lambda: [6, 12, 24, 48])
+    window_size: int = 12
+    image_size: int = 384  # Swin pre-training resolution (sets its position bias tables)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    pretrained: Optional[str] = None  # hub id or local folder of transformers weights; null = from config
+    weights: Optional[str] = None  # a partdistill run folder or checkpoint to load after building
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    hidden_dim: int = 256  # pixel decoder / transformer decoder width
+    num_queries: int = 200
+    decoder_layers: int = 10
+
+
+@dataclass
+class SettingConfig:
+    name: str = MISSING  # paper | compute_friendly | smoke: selects preset/<stage>/<name>.yaml
+    description: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages: one schema each. Values that differ between settings live in conf/preset/<stage>/.
+
+
+@dataclass
+class Resources:
+    nodes: int = 1  # SLURM nodes for one job of this stage
+    gpus_per_node: int = 8  # 0 = a CPU job
+    tasks_per_node: int = II(".gpus_per_node")  # processes per node: one per GPU (CPU jobs: set 1)
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class PartitionedStageConfig(StageConfig):
+    num_partitions: int = 1  # P: the dataset index is split by class into P partitions
+    partition: Optional[int] = None  # i in 0..P-1; null = every partition, one after another
+    batch_size: int = 8  # images per forward pass
+    image_size: int = 640  # images are resized to fit image_size x image_size
+
+
+@dataclass
+class ObjectMasksConfig(PartitionedStageConfig):
+    source: ObjectSource = ObjectSource.model
+    score_threshold: float = 0.0  # instances below this score are not kept
+
+
+@dataclass
+class KMeansConfig:
+    k: int = 4  # clusters per object
+    iters: int = 20  # Lloyd iterations
+    tol: float = 1e-4  # stop early when centroids move less than this (relative)
+    init: str = "k-means++"  # k-means++ | first
+    n_init: int = 1  # restarts; the best inertia is kept
+
+
+@dataclass
+class DenseCRFConfig:
+    enabled: bool = False
+    iterations: int = 10
+    unary_gt_prob: float = 0.7
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 20.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 10.0
+
+
+@dataclass
+class PixelGroupingConfig(PartitionedStageConfig):
+    feature_keys: List[str] = field(default_factory=lambda: ["res3", "res4"])
+    normalize: bool = False  # L2-normalise feature vectors before clustering
+    metric: Metric = Metric.dot  # how full-resolution pixels are assigned to centroids
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    dcrf: DenseCRFConfig = field(default_factory=DenseCRFConfig)
+
+
+@dataclass
+class SolverConfig:
+    ims_per_batch: int = MISSING  # global batch size, over all processes
+    base_lr: float = 1e-4
+    max_iter: int = MISSING
+    steps: List[int] = field(default_factory=list)  # lr x gamma at each of these iterations
+    gamma: float = 0.1
+    warmup_iters: int = 10
+    warmup_factor: float = 1.0
+    weight_decay: float = 0.05
+    backbone_multiplier: float = 0.1  # backbone lr = base_lr x this
+    clip_grad_norm: float = 0.01  # full-model L2 clipping; <= 0 disables
+    amp: bool = True  # bf16 autocast on GPU (CPU runs stay fp32)
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    train_num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.0
+
+
+@dataclass
+class AugmentationConfig:
+    base_size: int = 640  # resize to fit, then the fixed-size crop
+    flip: bool = True
+    crop_relative: float = 0.9  # relative random crop (detectron2 "relative_range")
+    min_scale: float = 0.1  # scale jitter range
+    max_scale: float = 2.0
+    retries: int = 100  # attempts before falling back to the weak augmentation
+
+
+@dataclass
+class TrainingStageConfig(StageConfig):
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    freeze: List[str] = field(
+        default_factory=lambda: ["model.pixel_level_module.encoder", "model.pixel_level_module.decoder.encoder"]
+    )  # parameter-name prefixes excluded from training (backbone, deformable encoder)
+    eval_suites: List[str] = field(default_factory=list)  # suites evaluated every eval_period
+    eval_period: int = 10000
+    checkpoint_period: int = 5000
+    keep_checkpoints: int = 3
+    resume: Resume = Resume.auto
+    num_workers: int = 8
+
+
+@dataclass
+class ProposalLearningConfig(TrainingStageConfig):
+    min_object_area_ratio: float = 0.05  # skip images whose object covers less of the image
+    min_area_ratio: float = 0.05  # drop part masks below this share of all part area
+    min_score: float = -1.0
+
+
+@dataclass
+class PartRankingConfig(PartitionedStageConfig):
+    num_clusters: int = 8  # part clusters per object class
+    detections_per_image: int = 200
+    min_score_1: float = 0.3  # cluster pass: proposal score filter
+    min_area_ratio_1: float = 0.05  # cluster pass: part area / object area filter
+    min_score_2: float = 0.1  # label pass
+    min_area_ratio_2: float = 0.05
+    classifier_metric: Metric = Metric.l2
+    feature_norm: bool = True  # L2-normalise query features before clustering
+
+
+@dataclass
+class DistillationConfig(TrainingStageConfig):
+    num_part_classes: int = 8  # part classes per object class (= part_ranking.num_clusters)
+    min_object_area_ratio: float = 0.05
+    min_area_ratio: float = 0.05
+    min_score: float = -1.0
+    query_feature_normalize: bool = False
+
+
+@dataclass
+class FinetuneConfig(TrainingStageConfig):
+    fraction: float = 1.0  # share of the training records used (few-shot: 0.01 .. 1.0)
+    subset_seed: int = 1234  # the subset is stable for a seed and nested as fraction grows
+    head: str = "semseg"  # semseg (the dataset's part classes) | prop (class-agnostic)
+
+
+@dataclass
+class EvaluateConfig(StageConfig):
+    predictions: Optional[str] = None  # score saved predictions (JSON) instead of running a model
+    batch_size: int = 8
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "pipeline"
+    stages: List[str] = field(default_factory=list)  # run in this order, each reading the last one's outputs
+    resources: Resources = field(default_factory=Resources)
+    # the pipeline composes every stage's own config under its name (stage.<name>.*)
+    object_masks: Any = None
+    pixel_grouping: Any = None
+    proposal_learning: Any = None
+    part_ranking: Any = None
+    distillation: Any = None
+    evaluate: Any = None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    eval: EvalConfig = MISSING
+    model: ModelConfig = MISSING
+    setting: SettingConfig = MISSING
+    stage: Any = MISSING  # one of the stage schemas above, chosen by the stage group
+    run_dir: str = MISSING  # where the stages of one run meet: store, checkpoints, results
+    dry_run: bool = False  # print the plan (stages, datasets, jobs, resources) and exit
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+SCHEMAS = {
+    "schema_config": Config,
+    "schema_object_masks": ObjectMasksConfig,
+    "schema_pixel_grouping": PixelGroupingConfig,
+    "schema_proposal_learning": ProposalLearningConfig,
+    "schema_part_ranking": PartRankingConfig,
+    "schema_distillation": DistillationConfig,
+    "schema_evaluate": EvaluateConfig,
+    "schema_finetune": FinetuneConfig,
+    "schema_pipeline": PipelineConfig,
+}

@@ -1,0 +1,261 @@
+"""Layout checks of the five datasets (and the synthetic one) under `<root>/datasets/`.
+
+The checks are cheap by design: they stat the files and folders a dataset must have, count
+class folders with one `os.scandir`, and look into a few sampled folders for one file. They never
+walk a dataset, so they take well under a second even for ImageNet-22K on shared storage.
+Each missing item is reported as the exact absolute path that was looked for.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+WNID = re.compile(r"^n\d{8}$")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+SAMPLED_FOLDERS = 8  # class folders sampled for emptiness per split
+
+# datasets/README.md section of each dataset: where a user reads how to obtain and place it
+SECTIONS = {
+    "imagenet_1k": "ImageNet-1K",
+    "imagenet_22k": "ImageNet-22K",
+    "part_imagenet": "PartImageNet",
+    "pascal_parts": "Pascal-Part",
+    "cityscapes_part": "Cityscapes-Panoptic-Parts",
+    "synthetic": "Synthetic data",
+}
+# splits every check requires; others (PartImageNet's valtest) are required only when asked for
+DEFAULT_SPLITS = {
+    "imagenet_1k": ("train", "val"),
+    "imagenet_22k": (),
+    "part_imagenet": ("train", "val", "test"),
+    "pascal_parts": ("train", "val"),
+    "cityscapes_part": ("train", "val"),
+    "synthetic": ("train", "val"),
+}
+PREPARE_VALTEST = "partdistill data prepare part_imagenet"
+
+
+def section_anchor(title: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
+
+
+@dataclass
+class LayoutReport:
+    """What a check found for one dataset; `missing` makes it unusable, `warnings` do not."""
+
+    dataset: str
+    path: Path
+    missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return "missing" if self.missing else "warning" if self.warnings else "ok"
+
+    @property
+    def section(self) -> str:
+        return SECTIONS[self.dataset]
+
+    def to_json(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "path": str(self.path),
+            "status": self.status,
+            "missing": list(self.missing),
+            "warnings": list(self.warnings),
+            "found": list(self.found),
+        }
+
+
+class _Checker:
+    """Accumulates what is missing under one dataset folder into a report."""
+
+    def __init__(self, report: LayoutReport):
+        self.report = report
+        self.base = report.path
+
+    def _absent(self, path: Path, what: str) -> bool:
+        """Records `path` as missing (naming a broken symlink as such); True if it was absent."""
+        if path.is_symlink() and not path.exists():
+            self.report.missing.append(f"{path} ({what}; a broken symlink to {os.readlink(path)})")
+            return True
+        return False
+
+    def folder(self, rel: str, what: str = "folder") -> Path | None:
+        path = self.base / rel
+        if self._absent(path, what):
+            return None
+        if not path.is_dir():
+            self.report.missing.append(f"{path}/ ({what})")
+            return None
+        return path
+
+    def file(self, rel: str, what: str = "file") -> Path | None:
+        path = self.base / rel
+        if self._absent(path, what):
+            return None
+        if not path.is_file():
+            self.report.missing.append(f"{path} ({what})")
+            return None
+        return path
+
+    def has_file(self, folder: Path, suffixes: Sequence[str]) -> bool:
+        """True if `folder` holds at least one file with one of `suffixes` (stops at the first)."""
+        with os.scandir(folder) as entries:
+            return any(e.name.lower().endswith(suffixes) for e in entries if e.is_file())
+
+    def subfolders(self, folder: Path, pattern: re.Pattern | None = None) -> list[str]:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if (pattern is None or pattern.match(e.name)) and e.is_dir()]
+        return sorted(names)
+
+    def sampled_nonempty(self, folder: Path, names: list[str], suffixes: Sequence[str], what: str) -> None:
+        """Looks into up to SAMPLED_FOLDERS evenly spaced subfolders for one file each."""
+        step = max(1, len(names) // SAMPLED_FOLDERS)
+        sample = names[::step][:SAMPLED_FOLDERS]
+        empty = [n for n in sample if not self.has_file(folder / n, suffixes)]
+        for name in empty:
+            self.report.missing.append(
+                f"{folder / name}/ ({what} has no {'/'.join(suffixes)} file; "
+                f"{len(empty)} of {len(sample)} sampled {what}s are empty)"
+            )
+
+    def class_folders(self, rel: str, expected: int | None = None) -> int:
+        """Checks an ImageNet-style folder of wnid class folders; returns how many there are."""
+        folder = self.folder(rel, "folder of class folders n########/")
+        if folder is None:
+            return 0
+        names = self.subfolders(folder, WNID)
+        if not names:
+            self.report.missing.append(f"{folder}/n########/ (no class folders named by WordNet id)")
+            return 0
+        if expected is not None and len(names) != expected:
+            self.report.warnings.append(f"{folder}: {len(names)} class folders, the full dataset has {expected}")
+        self.sampled_nonempty(folder, names, IMAGE_SUFFIXES, "class folder")
+        return len(names)
+
+
+def _locate(datasets_root: Path, names: Sequence[str], report_name: str) -> LayoutReport:
+    """The report for the first of `names` present under the root (aliases warn)."""
+    for name in names:
+        path = datasets_root / name
+        if path.exists():
+            report = LayoutReport(report_name, path)
+            if name != names[0]:
+                report.warnings.append(f"using {path} for {report_name} ({name} is accepted for {names[0]})")
+            return report
+    return LayoutReport(report_name, datasets_root / names[0])
+
+
+def _check_imagenet_1k(c: _Checker, splits: Iterable[str]) -> None:
+    for split in splits:
+        n = c.class_folders(split, expected=1000)
+        c.report.found.append(f"{split}: {n} classes")
+
+
+def _check_imagenet_22k(c: _Checker, splits: Iterable[str]) -> None:
+    n = c.class_folders(".")
+    c.report.found.append(f"{n} classes")
+    if not any((c.base / f).is_file() for f in ("synsets.dat", "words.txt")):
+        c.report.warnings.append(f"{c.base}: neither synsets.dat nor words.txt (class names) is present")
+    for split in splits:  # ImageNet-22K has no split folders; asking for one is an error
+        c.folder(split)
+
+
+def _part_imagenet_json_hint(c: _Checker, split: str) -> str:
+    """Where the official archive may have put <split>.json, as the command that fixes it."""
+    for rel in (f"annotations/{split}.json", f"annotations/{split}/{split}.json", f"jsons/{split}.json"):
+        if (c.base / rel).is_file():
+            return f"; found {c.base / rel}: run `ln -s {rel} {c.base / split}.json`"
+    return ""
+
+
+def _check_part_imagenet(c: _Checker, splits: Iterable[str]) -> None:
+    for split in splits:
+        fix = f"; create it with `{PREPARE_VALTEST}`" if split == "valtest" else ""
+        if c.file(f"{split}.json", "COCO-style annotation file" + fix) is None and not fix:
+            c.report.missing[-1] += _part_imagenet_json_hint(c, split)
+        n = c.class_folders(split)
+        if n:
+            c.report.found.append(f"{split}: {n} classes")
+    if "valtest" not in splits and not (c.base / "valtest.json").is_file():
+        c.report.warnings.append(f"valtest (val + test merged) not created yet: run `{PREPARE_VALTEST}`")
+
+
+def _check_pascal_parts(c: _Checker, splits: Iterable[str]) -> None:
+    images = c.folder("images/JPEGImages", "VOC image folder")
+    if images is not None and not c.has_file(images, (".jpg",)):
+        c.report.missing.append(f"{images}/*.jpg (the image folder is empty)")
+    for split in splits:
+        ids = c.file(f"images/ImageSets/Main/{split}.txt", "VOC split list")
+        if ids is not None:
+            count = sum(1 for line in ids.read_text().splitlines() if line.strip())
+            c.report.found.append(f"{split}: {count} ids")
+    annotations = c.folder("annotations", "folder of Pascal-Part .mat files")
+    if annotations is not None and not c.has_file(annotations, (".mat",)):
+        c.report.missing.append(f"{annotations}/*.mat (the annotation folder is empty)")
+
+
+def _check_cityscapes_part(c: _Checker, splits: Iterable[str]) -> None:
+    image_dir = "leftImg8bit"
+    if not (c.base / image_dir).exists() and (c.base / "leftImage8bit").exists():
+        image_dir = "leftImage8bit"
+        c.report.warnings.append(f"using {c.base / image_dir} for leftImg8bit (the official folder name)")
+    for split in splits:
+        for rel, suffix in ((f"gtFinePanopticParts/{split}", ".tif"), (f"{image_dir}/{split}", ".png")):
+            folder = c.folder(rel, "folder of city folders")
+            if folder is None:
+                continue
+            cities = c.subfolders(folder)
+            if not cities:
+                c.report.missing.append(f"{folder}/<city>/ (no city folders)")
+            else:
+                c.sampled_nonempty(folder, cities, (suffix,), "city folder")
+                if suffix == ".tif":
+                    c.report.found.append(f"{split}: {len(cities)} cities")
+
+
+def _check_synthetic(c: _Checker, splits: Iterable[str]) -> None:
+    for split in splits:
+        c.file(f"{split}.json", "COCO-style annotation file")
+        c.folder(split, "image folder")
+
+
+_CHECKS: dict[str, Callable[[_Checker, Iterable[str]], None]] = {
+    "imagenet_1k": _check_imagenet_1k,
+    "imagenet_22k": _check_imagenet_22k,
+    "part_imagenet": _check_part_imagenet,
+    "pascal_parts": _check_pascal_parts,
+    "cityscapes_part": _check_cityscapes_part,
+    "synthetic": _check_synthetic,
+}
+DATASETS = tuple(_CHECKS)
+# folder names accepted for a dataset, the documented one first
+_FOLDER_NAMES = {"imagenet_22k": ("imagenet_22k", "imagenet_21k")}
+
+
+def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = ()) -> LayoutReport:
+    """Checks one dataset's layout under `datasets_root` (`<root>/datasets`).
+
+    Args:
+        name (str): one of DATASETS.
+        datasets_root (Path): the folder that holds the dataset folders.
+        splits (Sequence[str]): splits required beyond the dataset's defaults (e.g. "valtest").
+    """
+    if name not in _CHECKS:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    report = _locate(datasets_root, _FOLDER_NAMES.get(name, (name,)), name)
+    checker = _Checker(report)
+    if not datasets_root.is_dir():
+        report.missing.append(f"{datasets_root}/ (the dataset root folder does not exist)")
+        return report
+    if checker.folder(".", "dataset folder") is None:
+        return report
+    wanted = list(DEFAULT_SPLITS[name]) + [s for s in splits if s not in DEFAULT_SPLITS[name]]
+    _CHECKS[name](checker, wanted)
+    return report

@@ -1,0 +1,129 @@
+"""What a composed config will do: its stages, the datasets they read, its jobs and resources.
+
+`launch.py` checks the datasets here before anything runs or is submitted, and prints
+`describe()` for `dry_run=true`; `partdistill data check` uses the same dataset needs.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from partdistill.config import suite_config_path
+from partdistill.config.resolver import DatasetLayoutError, check, describe_root
+from partdistill.data.layout import LayoutReport
+
+STAGE_ORDER = ("object_masks", "pixel_grouping", "proposal_learning", "part_ranking", "distillation", "evaluate")
+STAGES = STAGE_ORDER + ("finetune",)
+PARTITIONED = ("object_masks", "pixel_grouping", "part_ranking")
+# what each stage reads: the training data (data=), the suite (eval=), the suites in stage.eval_suites
+INPUTS = {
+    "object_masks": ("data",),
+    "pixel_grouping": ("data",),
+    "proposal_learning": ("data", "suites"),
+    "part_ranking": ("data",),
+    "distillation": ("data", "suites"),
+    "evaluate": ("eval",),
+    "finetune": ("eval",),
+}
+SLURM_KEYS = (
+    "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "mem_per_gpu",
+    "timeout_min", "signal_delay_s", "max_num_timeout", "array_parallelism",
+)
+
+
+class ConfigError(ValueError):
+    """A config value that composes but cannot be run (the message names the key and the fix)."""
+
+
+def stages_to_run(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(name, stage config) of each stage the config runs, in order."""
+    if cfg.stage.name == "pipeline":
+        unknown = [name for name in cfg.stage.stages if name not in STAGE_ORDER]
+        if unknown:
+            raise ConfigError(f"stage.stages names unknown stages {unknown}; the pipeline's stages are {STAGE_ORDER}")
+        return [(name, cfg.stage[name]) for name in cfg.stage.stages]
+    return [(cfg.stage.name, cfg.stage)]
+
+
+def suite_dataset(suite: str) -> tuple[str, list[str]]:
+    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites."""
+    path = suite_config_path(suite)
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"stage.eval_suites names an unknown suite {suite!r}; the suites are {known}")
+    node = OmegaConf.load(path)
+    return node.dataset, [node.split, node.match_split]
+
+
+def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
+    """Dataset name -> splits the config's stages read (beyond each dataset's default splits)."""
+    needs: dict[str, list[str]] = {}
+
+    def add(dataset: str, splits: list[str]) -> None:
+        known = needs.setdefault(dataset, [])
+        known += [s for s in splits if s not in known]
+
+    for name, stage in stages_to_run(cfg):
+        for source in INPUTS[name]:
+            if source == "data":
+                add(cfg.data.name, [])
+            elif source == "eval":
+                add(cfg.eval.dataset, [cfg.eval.split, cfg.eval.match_split])
+            else:
+                for suite in stage.eval_suites:
+                    add(*suite_dataset(suite))
+    return needs
+
+
+def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
+    return [check(name, splits) for name, splits in dataset_needs(cfg).items()]
+
+
+def validate(cfg: DictConfig) -> list[LayoutReport]:
+    """Checks every dataset the config needs; raises DatasetLayoutError naming all that are missing."""
+    reports = check_datasets(cfg)
+    broken = [r for r in reports if r.missing]
+    if broken:
+        raise DatasetLayoutError(broken)
+    return reports
+
+
+def _jobs(name: str, stage: DictConfig) -> str:
+    res = stage.resources
+    per_job = f"{res.nodes} node(s) x {res.gpus_per_node} GPU(s), {res.nodes * res.tasks_per_node} process(es)"
+    if name in PARTITIONED:
+        total = stage.num_partitions
+        if stage.partition is not None:
+            return f"partition {stage.partition} of {total}: 1 job of {per_job}"
+        return (
+            f"{total} partition(s): here one after another; as a SLURM job array of {total} tasks with "
+            f"-m hydra/launcher=slurm 'stage.partition=range(0,{total})', each {per_job}"
+        )
+    if "solver" in stage:
+        solver = stage.solver
+        per_process = solver.ims_per_batch / max(1, res.nodes * res.tasks_per_node)
+        return (
+            f"1 job of {per_job}; {solver.max_iter} iterations, batch {solver.ims_per_batch} "
+            f"({per_process:g} per process), lr {solver.base_lr:g} with steps at {list(solver.steps)}"
+        )
+    return f"1 job of {per_job}"
+
+
+def describe(cfg: DictConfig, reports: list[LayoutReport], launcher: str, launcher_cfg: dict) -> str:
+    """The dry-run plan: stages, resolved dataset paths, jobs and the resources the launcher asks for."""
+    choices = f"data={cfg.data.name}, eval={cfg.eval.suite}, model={cfg.model.name}"
+    lines = [
+        "partdistill dry run: nothing is run or submitted.",
+        f"  setting   {cfg.setting.name} ({choices})",
+        f"  run dir   {cfg.run_dir}",
+        f"  stages    {', '.join(name for name, _ in stages_to_run(cfg))}",
+        f"  datasets  ({describe_root()})",
+    ]
+    lines += [f"    {r.dataset:<16} {r.status:<8} {r.path}" for r in reports]
+    lines.append("  jobs")
+    lines += [f"    {name:<18} {_jobs(name, stage)}" for name, stage in stages_to_run(cfg)]
+    if launcher == "slurm":
+        asked = ", ".join(f"{key}={launcher_cfg.get(key)}" for key in SLURM_KEYS)
+        lines.append(f"  launcher  slurm (submitit, with -m): {asked}")
+    else:
+        lines.append(f"  launcher  {launcher}: in this process, one job after another")
+    return "\n".join(lines)
