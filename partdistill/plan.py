@@ -60,7 +60,9 @@ def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
 
     def add(dataset: str, splits: list[str]) -> None:
         known = needs.setdefault(dataset, [])
-        known += [s for s in splits if s not in known]
+        for split in splits:
+            if split not in known:
+                known.append(split)
 
     for name, stage in stages_to_run(cfg):
         for source in INPUTS[name]:

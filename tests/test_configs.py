@@ -1,0 +1,134 @@
+"""Every group option and preset composes; presets carry the paper's values; typos fail at composition."""
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from partdistill.config import CONFIG_DIR
+from partdistill.plan import STAGES
+
+GROUPS = ("data", "eval", "model", "stage", "setting", "experiment", "hydra/launcher")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}", hydra=True)
+    assert cfg.hydra.runtime.choices[group] == option
+    # every value is typed and present; only the dataset paths wait for their resolver
+    OmegaConf.to_container(cfg.stage, resolve=True, throw_on_missing=True)
+    OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+@pytest.mark.parametrize("setting_stage", ["pipeline", "finetune"])
+def test_every_experiment_composes_every_stage(compose_cfg, experiment, setting_stage):
+    cfg = compose_cfg(f"experiment={experiment}", f"stage={setting_stage}")
+    OmegaConf.to_container(cfg.stage, resolve=True, throw_on_missing=True)
+
+
+def test_groups_listed_are_the_documented_ones():
+    assert options("data") == ["imagenet_1k", "imagenet_22k", "synthetic"]
+    assert options("eval") == ["cityscapes_part", "part_imagenet", "pascal_parts", "synthetic"]
+    assert options("experiment") == ["compute_friendly", "paper", "smoke"]
+    assert options("hydra/launcher") == ["local", "slurm"]
+    assert set(options("stage")) == set(STAGES) | {"pipeline"}
+    for stage in STAGES:  # every stage has values for every setting
+        assert options(f"preset/{stage}") == options("setting"), stage
+
+
+def test_data_chooses_only_the_data(compose_cfg):
+    default = OmegaConf.to_container(compose_cfg(), resolve=False)
+    chosen = OmegaConf.to_container(compose_cfg("data=imagenet_22k"), resolve=False)
+    assert chosen["data"]["name"] == "imagenet_22k" and default["data"]["name"] == "imagenet_1k"
+    assert chosen["data"]["root"] == "${pd_dataset:imagenet_22k}"
+    assert {k for k in default if default[k] != chosen[k]} == {"data"}
+
+
+def test_paper_preset(compose_cfg):
+    cfg = compose_cfg("experiment=paper", "stage=pipeline", hydra=True)
+    assert cfg.data.name == "imagenet_22k" and cfg.model.name == "m2f_swin_large"
+    assert cfg.model.pretrained == "facebook/mask2former-swin-large-coco-instance"
+    grouping = cfg.stage.pixel_grouping
+    assert grouping.kmeans.k == 4 and list(grouping.feature_keys) == ["res3", "res4"]
+    assert grouping.metric.name == "dot" and grouping.normalize is False and grouping.num_partitions == 40
+    ranking = cfg.stage.part_ranking
+    assert (ranking.num_clusters, ranking.num_partitions, ranking.min_score_1, ranking.min_area_ratio_1) == (8, 50, 0.3, 0.05)
+    assert (ranking.min_score_2, ranking.min_area_ratio_2, ranking.classifier_metric.name) == (0.1, 0.05, "l2")
+    assert ranking.feature_norm is True
+    proposals = cfg.stage.proposal_learning
+    assert (proposals.solver.ims_per_batch, proposals.solver.max_iter, list(proposals.solver.steps)) == (512, 50000, [40000, 45000])
+    assert proposals.solver.base_lr == 1e-4 and proposals.solver.clip_grad_norm == 0.01
+    assert (proposals.resources.nodes, proposals.resources.gpus_per_node) == (8, 8)
+    assert (proposals.loss.class_weight, proposals.loss.mask_weight, proposals.loss.dice_weight) == (2.0, 5.0, 5.0)
+    distill = cfg.stage.distillation
+    assert (distill.solver.ims_per_batch, distill.solver.max_iter, list(distill.solver.steps)) == (256, 120000, [100000, 110000])
+    assert distill.num_part_classes == 8 and distill.min_object_area_ratio == 0.05
+    assert list(distill.freeze) == ["model.pixel_level_module.encoder", "model.pixel_level_module.decoder.encoder"]
+
+
+def test_compute_friendly_preset(compose_cfg):
+    cfg = compose_cfg("experiment=compute_friendly", "stage=pipeline")
+    assert cfg.data.name == "imagenet_1k"
+    ranking = cfg.stage.part_ranking
+    assert (ranking.min_score_1, ranking.min_area_ratio_1, ranking.classifier_metric.name, ranking.feature_norm) == (0.7, 0.0, "dot", False)
+    proposals = cfg.stage.proposal_learning.solver
+    assert (proposals.ims_per_batch, proposals.base_lr, proposals.max_iter, list(proposals.steps)) == (64, 1e-5, 90000, [75000, 85000])
+    # the 1K config's swapped point-sampling ratios would fail detectron2's own assertion: keep valid ones
+    assert cfg.stage.proposal_learning.loss.oversample_ratio >= 1
+    assert 0 <= cfg.stage.proposal_learning.loss.importance_sample_ratio <= 1
+    distill = cfg.stage.distillation
+    assert (distill.solver.ims_per_batch, distill.min_area_ratio, distill.query_feature_normalize) == (32, 0.001, True)
+
+
+def test_smoke_preset_is_cpu_and_synthetic(compose_cfg):
+    cfg = compose_cfg("experiment=smoke", "stage=pipeline")
+    assert (cfg.data.name, cfg.eval.suite, cfg.model.name, cfg.device) == ("synthetic", "synthetic", "tiny", "cpu")
+    assert cfg.model.pretrained is None
+    for name in cfg.stage.stages:
+        assert cfg.stage[name].resources.gpus_per_node == 0 and cfg.stage[name].resources.tasks_per_node == 1
+
+
+def test_stage_values_follow_the_setting_and_overrides(compose_cfg):
+    assert compose_cfg("stage=pixel_grouping").stage.num_partitions == 8
+    assert compose_cfg("stage=pixel_grouping", "setting=paper").stage.num_partitions == 40
+    cfg = compose_cfg("stage=pixel_grouping", "experiment=paper", "stage.kmeans.k=5", "stage.partition=3")
+    assert (cfg.stage.kmeans.k, cfg.stage.partition, cfg.stage.num_partitions) == (5, 3, 40)
+    cfg = compose_cfg("stage=pipeline", "stage.pixel_grouping.metric=l2")
+    assert cfg.stage.pixel_grouping.metric.name == "l2"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stage.kmeans.k=four", "Value 'four' of type 'str' could not be converted to Integer"),
+        ("stage.kmeans.kk=3", "Key 'kk' not in 'KMeansConfig'"),
+        ("stage.metric=cosine", "Invalid value 'cosine', expected one of [dot, l2]"),
+        ("eval.mapping=best", "Invalid value 'best'"),
+        ("dry_runn=true", "Key 'dry_runn' not in 'Config'"),
+    ],
+)
+def test_typos_fail_at_composition(compose_cfg, override, message):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg("stage=pixel_grouping", override)
+    text = f"{info.value} {info.value.__cause__}"
+    assert message in text
+
+
+def test_unknown_option_fails_with_the_options(compose_cfg):
+    with pytest.raises(MissingConfigException, match="Could not find 'data/imagenet_2k'"):
+        compose_cfg("data=imagenet_2k")
+
+
+def test_slurm_launcher_asks_for_the_stage_resources(compose_cfg):
+    cfg = compose_cfg("experiment=paper", "stage=distillation", "hydra/launcher=slurm", hydra=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (8, 8, 8)
+    assert (launcher.cpus_per_task, launcher.mem_per_gpu, launcher.timeout_min) == (10, "60G", 4320)
+    assert launcher.max_num_timeout > 0
+    cfg = compose_cfg("experiment=smoke", "stage=pixel_grouping", "hydra/launcher=slurm", hydra=True)
+    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (0, 1)

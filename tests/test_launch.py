@@ -1,0 +1,109 @@
+"""launch.py as a user runs it: help, printed configs, the missing-dataset stop, dry runs, dispatch."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from partdistill.config.resolver import CHECKOUT
+
+
+def launch(*args: str, root=None, env_root: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PART_DISTILLATION_ROOT"}
+    if env_root:
+        env["PART_DISTILLATION_ROOT"] = str(root)
+    extra = [f"hydra.run.dir={root}/hydra_run", f"hydra.sweep.dir={root}/hydra_sweep"] if root else []
+    return subprocess.run(
+        [sys.executable, str(CHECKOUT / "launch.py"), *args, *extra],
+        capture_output=True, text=True, env=env, cwd=CHECKOUT, timeout=120,
+    )
+
+
+def test_help_lists_groups_and_options():
+    out = launch("--help").stdout
+    for line in (
+        "data: imagenet_1k, imagenet_22k, synthetic",
+        "eval: cityscapes_part, part_imagenet, pascal_parts, synthetic",
+        "experiment: compute_friendly, paper, smoke",
+        "model: m2f_swin_large, m2f_swin_tiny, tiny",
+        "stage: distillation, evaluate, finetune, object_masks, part_ranking, pipeline, pixel_grouping, proposal_learning",
+        "hydra/launcher: local, slurm",
+    ):
+        assert line in out
+
+
+@pytest.mark.parametrize("data", ["imagenet_1k", "imagenet_22k"])
+def test_cfg_job_prints_the_composed_config(data):
+    result = launch(f"data={data}", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert f"data:\n  name: {data}\n  root: ${{pd_dataset:{data}}}\n  train: {data}_train" in result.stdout
+
+
+def test_missing_datasets_stop_with_a_message_not_a_traceback(tmp_path):
+    result = launch("data=imagenet_1k", root=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    err = result.stderr
+    assert f"$PART_DISTILLATION_ROOT={tmp_path}" in err
+    assert f"looked at {tmp_path}/datasets/imagenet_1k" in err
+    assert "missing:" in err and 'section "ImageNet-1K"' in err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_unset_root_names_the_default(tmp_path):
+    result = launch("data=imagenet_1k", "hydra.run.dir=" + str(tmp_path / "run"), env_root=False)
+    if result.returncode == 0:  # pragma: no cover - a checkout that holds ImageNet-1K
+        pytest.skip("this checkout has datasets/imagenet_1k")
+    assert "$PART_DISTILLATION_ROOT is unset, so the default root was used" in result.stderr
+    assert f"looked at {CHECKOUT}/datasets/imagenet_1k" in result.stderr
+
+
+def test_dry_run_prints_the_plan(root):
+    result = launch("experiment=paper", "stage=pixel_grouping", "dry_run=true", root=root)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "stages    pixel_grouping" in out
+    assert f"imagenet_22k     ok       {root}/datasets/imagenet_22k" in out
+    assert "40 partition(s)" in out and "job array of 40 tasks" in out
+    assert "launcher  local" in out
+    assert not (root / "runs").exists()
+
+
+def test_dry_run_shows_slurm_resources(root):
+    result = launch("experiment=paper", "stage=distillation", "hydra/launcher=slurm", "dry_run=true", root=root)
+    assert result.returncode == 0, result.stderr
+    assert "1 job of 8 node(s) x 8 GPU(s), 64 process(es); 120000 iterations, batch 256 (4 per process)" in result.stdout
+    assert "nodes=8, gpus_per_node=8, tasks_per_node=8, cpus_per_task=10" in result.stdout
+    assert "max_num_timeout=3" in result.stdout
+
+
+def test_dry_run_with_a_missing_dataset_shows_it_and_fails(root):
+    shutil.rmtree(root / "datasets/pascal_parts")
+    result = launch("stage=evaluate", "eval=pascal_parts", "dry_run=true", root=root)
+    assert result.returncode != 0
+    assert "pascal_parts     missing" in result.stdout
+    assert 'section "Pascal-Part"' in result.stderr and "Traceback" not in result.stderr
+
+
+def test_multirun_over_the_three_suites(root):
+    result = launch("-m", "stage=evaluate", "eval=pascal_parts,part_imagenet,cityscapes_part", "dry_run=true", root=root)
+    assert result.returncode == 0, result.stderr
+    for suite in ("pascal_parts", "part_imagenet", "cityscapes_part"):
+        assert f"eval={suite}" in result.stdout
+
+
+def test_a_stage_without_implementation_says_so_in_one_line(root):
+    result = launch("stage=object_masks", root=root)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "stage 'object_masks' is not implemented in this version of partdistill" in result.stderr
+
+
+def test_bad_override_fails_with_hydras_message(root):
+    result = launch("stage=pixel_grouping", "stage.kmeans.k=four", root=root)
+    assert result.returncode != 0
+    assert "Value 'four' of type 'str' could not be converted to Integer" in result.stderr
+    assert "Traceback" not in result.stderr

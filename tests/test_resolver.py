@@ -1,0 +1,88 @@
+"""The dataset root, the ${pd_dataset:...} resolver, and the error a missing dataset gives."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from omegaconf.errors import InterpolationResolutionError
+
+from partdistill import plan
+from partdistill.config.resolver import CHECKOUT, DatasetLayoutError, check, datasets_root, project_root
+
+
+def test_root_defaults_to_the_checkout(monkeypatch):
+    monkeypatch.delenv("PART_DISTILLATION_ROOT", raising=False)
+    assert project_root() == CHECKOUT and (CHECKOUT / "launch.py").is_file()
+    monkeypatch.setenv("PART_DISTILLATION_ROOT", "")
+    assert project_root() == CHECKOUT
+
+
+def test_root_from_the_environment(root):
+    assert datasets_root() == root / "datasets"
+
+
+def test_resolver_returns_the_checked_absolute_path(root, compose_cfg):
+    cfg = compose_cfg("data=imagenet_22k", "eval=part_imagenet")
+    assert cfg.data.root == str(root / "datasets/imagenet_22k")
+    assert cfg.eval.root == str(root / "datasets/part_imagenet")
+    assert cfg.run_dir == str(root / "runs/compute_friendly_imagenet_22k")
+
+
+def test_resolver_fails_with_what_is_missing_and_how_to_fix_it(empty_root, compose_cfg):
+    cfg = compose_cfg("data=imagenet_1k")
+    with pytest.raises(InterpolationResolutionError) as info:
+        cfg.data.root
+    assert "DatasetLayoutError raised while resolving interpolation" in str(info.value)
+    text = str(info.value)
+    assert f"$PART_DISTILLATION_ROOT={empty_root}" in text
+    assert f"looked at {empty_root}/datasets/imagenet_1k" in text
+    assert f"missing: {empty_root}/datasets/ (the dataset root folder does not exist)" in text
+    assert 'datasets/README.md, section "ImageNet-1K"' in text and "README.md#imagenet-1k" in text
+
+
+def test_unset_root_is_named_with_the_default_used(monkeypatch):
+    monkeypatch.delenv("PART_DISTILLATION_ROOT", raising=False)
+    text = str(DatasetLayoutError([check("cityscapes_part")]))
+    assert "$PART_DISTILLATION_ROOT is unset, so the default root was used" in text
+    assert str(CHECKOUT) in text and "(the repository checkout)" in text
+
+
+def test_eval_suite_requires_its_scored_split(root, compose_cfg):
+    shutil.rmtree(root / "datasets/part_imagenet/valtest")
+    (root / "datasets/part_imagenet/valtest.json").unlink()
+    cfg = compose_cfg("eval=part_imagenet")
+    with pytest.raises(InterpolationResolutionError) as info:
+        cfg.eval.root
+    assert "create it with `partdistill data prepare part_imagenet`" in str(info.value)
+    assert compose_cfg("eval=part_imagenet", "eval.split=val").eval.root == str(root / "datasets/part_imagenet")
+
+
+@pytest.mark.parametrize(
+    "overrides, needed",
+    [
+        ([], {"imagenet_1k": []}),
+        (["experiment=paper", "stage=pixel_grouping"], {"imagenet_22k": []}),
+        (["stage=evaluate", "eval=part_imagenet"], {"part_imagenet": ["valtest"]}),
+        (["stage=finetune", "eval=cityscapes_part"], {"cityscapes_part": ["val"]}),
+        (
+            ["experiment=paper", "stage=proposal_learning"],
+            {"imagenet_22k": [], "pascal_parts": ["val"], "part_imagenet": ["valtest"], "cityscapes_part": ["val"]},
+        ),
+        (["experiment=smoke", "stage=pipeline"], {"synthetic": ["val"]}),
+    ],
+)
+def test_a_run_needs_only_what_its_stages_read(compose_cfg, overrides, needed):
+    assert plan.dataset_needs(compose_cfg(*overrides)) == needed
+
+
+def test_validate_reports_every_missing_dataset_at_once(root, compose_cfg):
+    shutil.rmtree(root / "datasets/imagenet_22k")
+    shutil.rmtree(root / "datasets/cityscapes_part")
+    with pytest.raises(DatasetLayoutError) as info:
+        plan.validate(compose_cfg("experiment=paper", "stage=distillation"))
+    assert [r.dataset for r in info.value.reports] == ["imagenet_22k", "cityscapes_part"]
+
+
+def test_unknown_eval_suite_is_a_config_error(compose_cfg):
+    with pytest.raises(plan.ConfigError, match="unknown suite 'voc'"):
+        plan.dataset_needs(compose_cfg("stage=distillation", "stage.eval_suites=[voc]"))

@@ -1,0 +1,39 @@
+"""Stage dispatch: the pipeline's order, and a clear stop for a stage that is not there."""
+from __future__ import annotations
+
+import pytest
+
+from partdistill import plan, stages
+
+
+def test_pipeline_runs_the_stages_in_order(compose_cfg):
+    cfg = compose_cfg("stage=pipeline")
+    assert [name for name, _ in plan.stages_to_run(cfg)] == list(plan.STAGE_ORDER)
+    cfg = compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping,evaluate]")
+    assert [name for name, s in plan.stages_to_run(cfg)] == ["pixel_grouping", "evaluate"]
+
+
+def test_pipeline_rejects_unknown_stages(compose_cfg):
+    with pytest.raises(plan.ConfigError, match="unknown stages"):
+        plan.stages_to_run(compose_cfg("stage=pipeline", "stage.stages=[grouping]"))
+
+
+def test_a_missing_stage_module_is_a_plain_error():
+    with pytest.raises(stages.StageNotAvailable, match="stage 'no_such_stage' is not implemented in this version"):
+        stages.stage_module("no_such_stage")
+
+
+def test_pipeline_checks_every_stage_before_running_the_first(compose_cfg, monkeypatch):
+    ran = []
+
+    def fake_module(name):
+        if name == "pixel_grouping":
+            return type("Stage", (), {"run": staticmethod(lambda cfg: ran.append(cfg.stage.name))})
+        raise stages.StageNotAvailable(f"stage '{name}' is not implemented")
+
+    monkeypatch.setattr(stages, "stage_module", fake_module)
+    with pytest.raises(stages.StageNotAvailable, match="stage 'distillation'"):
+        stages.run(compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping,distillation]"))
+    assert ran == []
+    stages.run(compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping]"))
+    assert ran == ["pixel_grouping"]  # each stage sees its own config as cfg.stage
