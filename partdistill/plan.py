@@ -5,6 +5,10 @@
 """
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
 from omegaconf import DictConfig, OmegaConf
 
 from partdistill.config import suite_config_path
@@ -34,6 +38,26 @@ class ConfigError(ValueError):
     """A config value that composes but cannot be run (the message names the key and the fix)."""
 
 
+class StageNotAvailable(RuntimeError):
+    """The selected stage has no implementation in this version."""
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turns what a user can fix (a missing dataset, a bad value, a missing stage) into a plain message
+    on stderr and exit status 2; anything else keeps its traceback."""
+    try:
+        yield
+    except Exception as exc:
+        known: BaseException | None = exc
+        while known is not None and not isinstance(known, (DatasetLayoutError, ConfigError, StageNotAvailable)):
+            known = known.__cause__ or known.__context__  # resolvers wrap what they raise
+        if known is None:
+            raise
+        print(known, file=sys.stderr)
+        sys.exit(2)
+
+
 def stages_to_run(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     """(name, stage config) of each stage the config runs, in order."""
     if cfg.stage.name == "pipeline":
@@ -57,23 +81,23 @@ def suite_dataset(suite: str) -> tuple[str, list[str]]:
 def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
     """Dataset name -> splits the config's stages read (beyond each dataset's default splits)."""
     needs: dict[str, list[str]] = {}
-
-    def add(dataset: str, splits: list[str]) -> None:
-        known = needs.setdefault(dataset, [])
-        for split in splits:
-            if split not in known:
-                known.append(split)
-
     for name, stage in stages_to_run(cfg):
         for source in INPUTS[name]:
             if source == "data":
-                add(cfg.data.name, [])
+                _add_need(needs, cfg.data.name, [])
             elif source == "eval":
-                add(cfg.eval.dataset, [cfg.eval.split, cfg.eval.match_split])
+                _add_need(needs, cfg.eval.dataset, [cfg.eval.split, cfg.eval.match_split])
             else:
                 for suite in stage.eval_suites:
-                    add(*suite_dataset(suite))
+                    _add_need(needs, *suite_dataset(suite))
     return needs
+
+
+def _add_need(needs: dict[str, list[str]], dataset: str, splits: list[str]) -> None:
+    known = needs.setdefault(dataset, [])
+    for split in splits:
+        if split not in known:
+            known.append(split)
 
 
 def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
@@ -82,11 +106,31 @@ def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
 
 def validate(cfg: DictConfig) -> list[LayoutReport]:
     """Checks every dataset the config needs; raises DatasetLayoutError naming all that are missing."""
-    reports = check_datasets(cfg)
+    return _validate_needs(dataset_needs(cfg))
+
+
+def _validate_needs(needs: dict[str, list[str]]) -> list[LayoutReport]:
+    reports = [check(name, splits) for name, splits in needs.items()]
     broken = [r for r in reports if r.missing]
     if broken:
         raise DatasetLayoutError(broken)
     return reports
+
+
+def preflight(configs: list[DictConfig]) -> None:
+    """What must hold before any job of these configs runs or is submitted: every stage they select
+    is implemented and every dataset they read is in place (each dataset is checked once)."""
+    from partdistill import stages  # stages imports this module
+
+    needs: dict[str, list[str]] = {}
+    selected: set[str] = set()
+    for cfg in configs:
+        selected.update(name for name, _ in stages_to_run(cfg))
+        for dataset, splits in dataset_needs(cfg).items():
+            _add_need(needs, dataset, splits)
+    _validate_needs(needs)
+    for name in sorted(selected):
+        stages.stage_module(name)
 
 
 def _jobs(name: str, stage: DictConfig) -> str:

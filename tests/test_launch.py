@@ -107,3 +107,18 @@ def test_bad_override_fails_with_hydras_message(root):
     assert result.returncode != 0
     assert "Value 'four' of type 'str' could not be converted to Integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_a_sweep_is_checked_as_a_whole_before_any_job(root, launcher):
+    shutil.rmtree(root / "datasets/imagenet_22k")
+    result = launch(
+        "-m", f"hydra/launcher={launcher}", "data=imagenet_1k,imagenet_22k", "stage=pixel_grouping",
+        "stage.partition=range(0,3)", root=root,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "imagenet_22k: looked at" in result.stderr and "imagenet_1k:" not in result.stderr
+    sweep = root / "hydra_sweep"
+    job_folders = [p for p in sweep.iterdir() if p.is_dir()] if sweep.exists() else []
+    assert job_folders == []  # no job ran locally, nothing was handed to submitit

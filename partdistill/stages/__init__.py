@@ -11,11 +11,7 @@ from types import ModuleType
 
 from omegaconf import DictConfig, open_dict
 
-from partdistill.plan import STAGES, stages_to_run
-
-
-class StageNotAvailable(RuntimeError):
-    """The selected stage has no implementation in this version."""
+from partdistill.plan import STAGES, StageNotAvailable, stages_to_run
 
 
 def available_stages() -> list[str]:

@@ -1,0 +1,1 @@
+"""partdistill's Hydra launchers (`hydra/launcher=local|slurm`), found by Hydra's plugin discovery."""
