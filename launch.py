@@ -23,8 +23,9 @@ def main(cfg: DictConfig) -> None:
         if cfg.dry_run:
             hydra_cfg = HydraConfig.get()
             launcher = hydra_cfg.runtime.choices["hydra/launcher"]
-            print(plan.describe(cfg, plan.check_datasets(cfg), launcher, config.launcher_params(cfg, hydra_cfg)))
-            plan.validate(cfg)
+            reports = plan.check_datasets(cfg)
+            print(plan.describe(cfg, reports, launcher, config.launcher_params(cfg, hydra_cfg)))
+            plan.require(reports)
             return
         plan.preflight([cfg])
         stages.run(cfg)

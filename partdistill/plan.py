@@ -104,13 +104,8 @@ def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
     return [check(name, splits) for name, splits in dataset_needs(cfg).items()]
 
 
-def validate(cfg: DictConfig) -> list[LayoutReport]:
-    """Checks every dataset the config needs; raises DatasetLayoutError naming all that are missing."""
-    return _validate_needs(dataset_needs(cfg))
-
-
-def _validate_needs(needs: dict[str, list[str]]) -> list[LayoutReport]:
-    reports = [check(name, splits) for name, splits in needs.items()]
+def require(reports: list[LayoutReport]) -> list[LayoutReport]:
+    """Raises DatasetLayoutError naming every report with something missing."""
     broken = [r for r in reports if r.missing]
     if broken:
         raise DatasetLayoutError(broken)
@@ -128,7 +123,7 @@ def preflight(configs: list[DictConfig]) -> None:
         selected.update(name for name, _ in stages_to_run(cfg))
         for dataset, splits in dataset_needs(cfg).items():
             _add_need(needs, dataset, splits)
-    _validate_needs(needs)
+    require([check(name, splits) for name, splits in needs.items()])
     for name in sorted(selected):
         stages.stage_module(name)
 

@@ -75,11 +75,11 @@ def test_a_run_needs_only_what_its_stages_read(compose_cfg, overrides, needed):
     assert plan.dataset_needs(compose_cfg(*overrides)) == needed
 
 
-def test_validate_reports_every_missing_dataset_at_once(root, compose_cfg):
+def test_every_missing_dataset_is_reported_at_once(root, compose_cfg):
     shutil.rmtree(root / "datasets/imagenet_22k")
     shutil.rmtree(root / "datasets/cityscapes_part")
     with pytest.raises(DatasetLayoutError) as info:
-        plan.validate(compose_cfg("experiment=paper", "stage=distillation"))
+        plan.require(plan.check_datasets(compose_cfg("experiment=paper", "stage=distillation")))
     assert [r.dataset for r in info.value.reports] == ["imagenet_22k", "cityscapes_part"]
 
 
