@@ -36,16 +36,17 @@ def describe_root() -> str:
 class DatasetLayoutError(RuntimeError):
     """A dataset a run needs is missing or incomplete. The message says what and how to fix it."""
 
-    def __init__(self, reports: Sequence[LayoutReport]):
+    def __init__(self, reports: Sequence[LayoutReport], root: str | None = None):
         self.reports = list(reports)
-        super().__init__(format_layout_error(self.reports))
+        super().__init__(format_layout_error(self.reports, root))
 
 
-def format_layout_error(reports: Sequence[LayoutReport]) -> str:
+def format_layout_error(reports: Sequence[LayoutReport], root: str | None = None) -> str:
+    """The message for missing datasets; `root` describes an explicitly given root (default: the env's)."""
     lines = [
         f"partdistill: {len(reports)} dataset(s) this run needs are missing or incomplete; "
         "nothing was run or submitted.",
-        f"Dataset root: {describe_root()}.",
+        f"Dataset root: {root or describe_root()}.",
         f"  (set it with `export {ROOT_ENV}=/path/to/root`; datasets live in $PART_DISTILLATION_ROOT/datasets/<name>)",
     ]
     for report in reports:

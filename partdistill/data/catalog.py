@@ -1,0 +1,95 @@
+"""The catalog of dataset names (as detectron2's): `load(name)` gives records, `metadata(name)` classes.
+
+Names are `<dataset>_<split>`: imagenet_1k_{train,val}, imagenet_22k_train,
+part_imagenet_{train,val,test,valtest}, pascal_parts_{train,val}, cityscapes_part_{train,val},
+synthetic_{train,val}. Each dataset module implements the same three functions:
+
+    load(dataset, base, split, root) -> list[dict]      records (see DESIGN.md "Contracts")
+    metadata(dataset, base, split, root) -> Metadata
+    synthesize(dataset, base, num_images, seed) -> None  a tiny copy in the real on-disk format
+
+where `base` is the dataset's folder (after the layout check and its aliases) and `root` the
+project root that holds `datasets/` (and `cache/`, for indexes).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from partdistill.config.resolver import DatasetLayoutError, project_root
+from partdistill.data.layout import check_dataset
+
+log = logging.getLogger(__name__)
+
+# dataset -> (module under partdistill.data, its splits)
+DATASETS = {
+    "imagenet_1k": ("imagenet", ("train", "val")),
+    "imagenet_22k": ("imagenet", ("train",)),
+    "part_imagenet": ("part_imagenet", ("train", "val", "test", "valtest")),
+    "pascal_parts": ("pascal_parts", ("train", "val")),
+    "cityscapes_part": ("cityscapes_part", ("train", "val")),
+    "synthetic": ("synthetic", ("train", "val")),
+}
+NAMES = tuple(f"{dataset}_{split}" for dataset, (_, splits) in DATASETS.items() for split in splits)
+
+
+@dataclass
+class Metadata:
+    """Classes of a dataset; ids in records index these lists (0-based, contiguous)."""
+
+    thing_classes: list[str]
+    part_classes: list[str] = field(default_factory=list)
+    parts_of: dict[int, list[int]] = field(default_factory=dict)  # object class id -> its part class ids
+    extra: dict = field(default_factory=dict)  # dataset-specific (wnids, supercategories, ...)
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """`part_imagenet_valtest` -> ("part_imagenet", "valtest")."""
+    for dataset, (_, splits) in DATASETS.items():
+        prefix = dataset + "_"
+        if name.startswith(prefix) and name[len(prefix) :] in splits:
+            return dataset, name[len(prefix) :]
+    raise KeyError(f"unknown dataset name {name!r}; known names: {', '.join(NAMES)}")
+
+
+def dataset_module(dataset: str) -> ModuleType:
+    return importlib.import_module(f"partdistill.data.{DATASETS[dataset][0]}")
+
+
+def _locate(name: str, root: str | Path | None) -> tuple[ModuleType, str, Path, str, Path]:
+    dataset, split = parse_name(name)
+    given = f"the root passed to partdistill.data: {root}" if root is not None else None
+    root = Path(root) if root is not None else project_root()
+    report = check_dataset(dataset, root / "datasets", [split])
+    if report.missing:
+        raise DatasetLayoutError([report], given)
+    return dataset_module(dataset), dataset, report.path, split, root
+
+
+def load(name: str, root: str | Path | None = None) -> list[dict]:
+    """The records of a dataset split; `root` holds `datasets/` ($PART_DISTILLATION_ROOT by default)."""
+    module, dataset, base, split, root = _locate(name, root)
+    return module.load(dataset, base, split, root)
+
+
+def metadata(name: str, root: str | Path | None = None) -> Metadata:
+    module, dataset, base, split, root = _locate(name, root)
+    return module.metadata(dataset, base, split, root)
+
+
+def register_detectron2(root: str | Path | None = None) -> bool:
+    """Registers every name in detectron2's DatasetCatalog/MetadataCatalog, if detectron2 is installed."""
+    try:
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+    except ImportError:
+        log.warning("detectron2 is not installed: nothing registered (partdistill does not need it)")
+        return False
+    for name in NAMES:
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, lambda name=name: load(name, root))
+        MetadataCatalog.get(name).set(evaluator_type="part_segmentation")
+    return True
