@@ -1,9 +1,15 @@
-"""The `partdistill` command: `partdistill data check [--json] [OVERRIDE ...]`."""
+"""The `partdistill` command.
+
+    partdistill data check [--json] [OVERRIDE ...]     which datasets are in place (exit 1: a needed one is not)
+    partdistill data synth --out DIR [--images N]      tiny copies of every dataset, in their real formats
+    partdistill data prepare part_imagenet             PartImageNet's valtest split (val + test)
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from partdistill.data.layout import DATASETS
@@ -63,6 +69,32 @@ def _table(rows: list[dict], root: str) -> str:
     return "\n".join(lines)
 
 
+def data_synth(args: argparse.Namespace) -> int:
+    """Writes every dataset's synthetic copy under OUT/datasets, then PartImageNet's valtest."""
+    from partdistill.data import catalog, part_imagenet
+
+    out = Path(args.out).resolve()
+    for dataset in catalog.DATASETS:
+        catalog.dataset_module(dataset).synthesize(dataset, out / "datasets" / dataset, args.images, args.seed)
+        print(f"wrote {out / 'datasets' / dataset}")
+    print(part_imagenet.prepare_valtest(out / "datasets" / "part_imagenet"))
+    print(f"\nTry it:  export PART_DISTILLATION_ROOT={out}\n         python launch.py experiment=smoke dry_run=true")
+    return 0
+
+
+def data_prepare(args: argparse.Namespace) -> int:
+    from partdistill.config.resolver import datasets_root
+    from partdistill.data import part_imagenet
+
+    base = datasets_root() / "part_imagenet"
+    try:
+        print(part_imagenet.prepare_valtest(base))
+    except (part_imagenet.PrepareError, ValueError) as exc:
+        print(f"partdistill data prepare: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
     check.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="Hydra overrides, as for launch.py")
     check.set_defaults(func=data_check)
+
+    synth = data.add_parser("synth", help="write tiny copies of every dataset (and the synthetic one)")
+    synth.add_argument("--out", required=True, help="a folder; the datasets go to OUT/datasets/<name>")
+    synth.add_argument("--images", type=int, default=8, help="images per split and dataset (default 8)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=data_synth)
+
+    prepare = data.add_parser("prepare", help="derived splits: PartImageNet's valtest (val + test merged)")
+    prepare.add_argument("dataset", choices=["part_imagenet"])
+    prepare.set_defaults(func=data_prepare)
     return parser
 
 
