@@ -3,6 +3,9 @@
     partdistill data check [--json] [OVERRIDE ...]     which datasets are in place (exit 1: a needed one is not)
     partdistill data synth --out DIR [--images N]      tiny copies of every dataset, in their real formats
     partdistill data prepare part_imagenet             PartImageNet's valtest split (val + test)
+    partdistill data index NAME                        build or refresh an ImageNet file index
+    partdistill evaluate --dataset NAME --predictions FILE --out DIR   score saved predictions
+    partdistill report SWEEP_DIR                       the summary table of an evaluation multirun
 """
 from __future__ import annotations
 
@@ -86,12 +89,47 @@ def data_prepare(args: argparse.Namespace) -> int:
     from partdistill.config.resolver import datasets_root
     from partdistill.data import part_imagenet
 
-    base = datasets_root() / "part_imagenet"
-    try:
-        print(part_imagenet.prepare_valtest(base))
-    except (part_imagenet.PrepareError, ValueError) as exc:
-        print(f"partdistill data prepare: {exc}", file=sys.stderr)
-        return 2
+    print(part_imagenet.prepare_valtest(datasets_root() / "part_imagenet"))
+    return 0
+
+
+def data_index(args: argparse.Namespace) -> int:
+    """Builds (or finds still valid) the cached file index of an ImageNet split."""
+    import time
+
+    from partdistill.data import catalog, imagenet, index
+    from partdistill.errors import UserError
+
+    _, dataset, base, split, root = catalog.locate(args.name)
+    if dataset not in ("imagenet_1k", "imagenet_22k"):
+        raise UserError(f"{args.name}: only the ImageNet splits are indexed (the part datasets are small)")
+    folder = imagenet.split_folder(dataset, base, split)
+    start = time.perf_counter()
+    table = index.cached_index(folder, root / "cache", workers=args.workers)
+    print(f"{args.name}: {table.num_rows} images in {len(index.class_counts(table))} classes "
+          f"({time.perf_counter() - start:.1f} s); index {index.cache_path(folder, root / 'cache')}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from partdistill.evaluation.report import headline
+    from partdistill.evaluation.saved import evaluate_saved
+
+    results = evaluate_saved(
+        args.dataset, args.predictions, args.out, match_dataset=args.match_dataset,
+        match_predictions=args.match_predictions, mapping=args.mapping, object_class=args.object_class,
+        min_gt_iou=args.min_gt_iou, overlays=args.overlays,
+    )
+    for key, value in headline(results).items():
+        print(f"{key:<16} {value:.2f}" if isinstance(value, float) else f"{key:<16} {value}")
+    print(f"written to {Path(args.out).resolve()}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from partdistill.evaluation.summary import write_summary
+
+    print(write_summary(args.sweep_dir))
     return 0
 
 
@@ -119,12 +157,42 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = data.add_parser("prepare", help="derived splits: PartImageNet's valtest (val + test merged)")
     prepare.add_argument("dataset", choices=["part_imagenet"])
     prepare.set_defaults(func=data_prepare)
+
+    idx = data.add_parser("index", help="build or refresh the cached file index of an ImageNet split")
+    idx.add_argument("name", help="imagenet_1k_train, imagenet_1k_val or imagenet_22k_train")
+    idx.add_argument("--workers", type=int, default=16, help="parallel directory listings (shared storage likes many)")
+    idx.set_defaults(func=data_index)
+
+    ev = commands.add_parser("evaluate", help="score saved predictions of any method on a dataset",
+                             description="Scores a prediction file (JSON list or JSON Lines of {image_id, "
+                             "segmentation: COCO RLE, label, score}) with part mIoU and part AR.")
+    ev.add_argument("--dataset", required=True, help="a dataset name, e.g. pascal_parts_val, part_imagenet_valtest")
+    ev.add_argument("--predictions", required=True, help="the prediction file")
+    ev.add_argument("--match-dataset", help="learn the label -> part mapping on this dataset (default: --dataset)")
+    ev.add_argument("--match-predictions", help="the predictions on --match-dataset")
+    ev.add_argument("--mapping", choices=["majority", "hungarian", "identity"], default="majority")
+    ev.add_argument("--object-class", choices=["synset", "supercategory"], default="synset",
+                    help="PartImageNet's object classes (default: the ImageNet synset, as the paper)")
+    ev.add_argument("--min-gt-iou", type=float, default=0.001, help="proposal AR: drop proposals not above this")
+    ev.add_argument("--overlays", type=int, default=4, help="PNG overlays to write")
+    ev.add_argument("--out", required=True, help="folder for metrics.json, CSVs, summary.md and overlays/")
+    ev.set_defaults(func=evaluate)
+
+    rep = commands.add_parser("report", help="rebuild the summary table of an evaluation multirun")
+    rep.add_argument("sweep_dir", help="the multirun's folder (it holds multirun.yaml)")
+    rep.set_defaults(func=report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from partdistill.errors import UserError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"partdistill {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

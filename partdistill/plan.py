@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from partdistill.config import suite_config_path
 from partdistill.config.resolver import DatasetLayoutError, check, describe_root
 from partdistill.data.layout import LayoutReport
+from partdistill.errors import UserError
 
 STAGE_ORDER = ("object_masks", "pixel_grouping", "proposal_learning", "part_ranking", "distillation", "evaluate")
 STAGES = STAGE_ORDER + ("finetune",)
@@ -34,23 +35,23 @@ SLURM_KEYS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that composes but cannot be run (the message names the key and the fix)."""
 
 
-class StageNotAvailable(RuntimeError):
+class StageNotAvailable(UserError):
     """The selected stage has no implementation in this version."""
 
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turns what a user can fix (a missing dataset, a bad value, a missing stage) into a plain message
+    """Turns a UserError (a missing dataset, a bad value or file, a missing stage) into its plain message
     on stderr and exit status 2; anything else keeps its traceback."""
     try:
         yield
     except Exception as exc:
         known: BaseException | None = exc
-        while known is not None and not isinstance(known, (DatasetLayoutError, ConfigError, StageNotAvailable)):
+        while known is not None and not isinstance(known, UserError):
             known = known.__cause__ or known.__context__  # resolvers wrap what they raise
         if known is None:
             raise

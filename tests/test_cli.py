@@ -63,3 +63,24 @@ def test_warnings_are_reported(root, capsys):
 def test_bad_override_is_a_clear_error(root, capsys):
     assert main(["data", "check", "data=imagenet_2k"]) == 2
     assert "cannot compose the config: In 'config': Could not find 'data/imagenet_2k'" in capsys.readouterr().err
+
+
+def test_synth_writes_every_dataset_in_its_real_format(tmp_path, monkeypatch, capsys):
+    from partdistill.data import catalog
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--images", "4"]) == 0
+    assert f"export PART_DISTILLATION_ROOT={tmp_path}" in capsys.readouterr().out
+    monkeypatch.setenv("PART_DISTILLATION_ROOT", str(tmp_path))
+    status, out = run_check(capsys, "--json", "experiment=smoke", "stage=pipeline")
+    rows = {r["dataset"]: r for r in json.loads(out)}
+    assert status == 0 and all(r["missing"] == [] for r in rows.values())
+    assert rows["part_imagenet"]["status"] == "ok"  # synth also prepares valtest
+    for name in catalog.NAMES:  # every name loads, with annotations where the dataset has them
+        records = catalog.load(name)
+        assert records, name
+        if not name.startswith("imagenet"):
+            assert any(obj["parts"] for r in records for obj in r["annotations"]), name
+    assert main(["data", "index", "imagenet_1k_train"]) == 0
+    assert "imagenet_1k_train: 5 images in 5 classes" in capsys.readouterr().out
+    assert main(["data", "index", "pascal_parts_val"]) == 2
+    assert "only the ImageNet splits are indexed" in capsys.readouterr().err

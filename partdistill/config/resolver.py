@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from partdistill.data.layout import LayoutReport, check_dataset, section_anchor
+from partdistill.errors import UserError
 
 ROOT_ENV = "PART_DISTILLATION_ROOT"
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository checkout: the default root
@@ -33,7 +34,7 @@ def describe_root() -> str:
     )
 
 
-class DatasetLayoutError(RuntimeError):
+class DatasetLayoutError(UserError):
     """A dataset a run needs is missing or incomplete. The message says what and how to fix it."""
 
     def __init__(self, reports: Sequence[LayoutReport], root: str | None = None):

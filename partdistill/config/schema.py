@@ -61,6 +61,10 @@ class EvalConfig:
     match_split: str = MISSING  # the split the label -> part mapping is learned on
     mapping: Mapping = Mapping.majority
     object_class: ObjectClass = ObjectClass.synset
+    predictions: Optional[str] = None  # score this prediction file (JSON / JSON Lines) instead of a model
+    match_predictions: Optional[str] = None  # predictions on match_split, when it differs from split
+    min_gt_iou: float = 0.001  # proposal AR drops proposals whose best IoU with a GT part is not above this
+    overlays: int = 4  # PNG overlays of predicted parts written per suite
     min_size: int = 640  # shortest edge of the evaluation input (paper: 640)
     max_size: int = 1333  # longest edge cap (detectron2's default the paper inherits)
     batch_size: int = 8
@@ -243,7 +247,6 @@ class FinetuneConfig(TrainingStageConfig):
 
 @dataclass
 class EvaluateConfig(StageConfig):
-    predictions: Optional[str] = None  # score saved predictions (JSON) instead of running a model
     batch_size: int = 8
 
 

@@ -59,24 +59,27 @@ def dataset_module(dataset: str) -> ModuleType:
     return importlib.import_module(f"partdistill.data.{DATASETS[dataset][0]}")
 
 
-def _locate(name: str, root: str | Path | None) -> tuple[ModuleType, str, Path, str, Path]:
+def locate(name: str, root: str | Path | None = None) -> tuple[ModuleType, str, Path, str, Path]:
+    """(module, dataset, its folder, split, project root) of a name, once its layout checks out."""
     dataset, split = parse_name(name)
     given = f"the root passed to partdistill.data: {root}" if root is not None else None
     root = Path(root) if root is not None else project_root()
     report = check_dataset(dataset, root / "datasets", [split])
     if report.missing:
         raise DatasetLayoutError([report], given)
+    for warning in report.warnings:
+        log.warning("%s: %s", dataset, warning)
     return dataset_module(dataset), dataset, report.path, split, root
 
 
 def load(name: str, root: str | Path | None = None) -> list[dict]:
     """The records of a dataset split; `root` holds `datasets/` ($PART_DISTILLATION_ROOT by default)."""
-    module, dataset, base, split, root = _locate(name, root)
+    module, dataset, base, split, root = locate(name, root)
     return module.load(dataset, base, split, root)
 
 
 def metadata(name: str, root: str | Path | None = None) -> Metadata:
-    module, dataset, base, split, root = _locate(name, root)
+    module, dataset, base, split, root = locate(name, root)
     return module.metadata(dataset, base, split, root)
 
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,18 +22,6 @@ def read_json(path: Path) -> dict:
     if missing:
         raise ValueError(f"{path} lacks the COCO keys {missing}; is it the right annotation file?")
     return data
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Writes to a temporary file beside `path`, then renames it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def annotations_by_image(data: dict) -> dict[int, list[dict]]:

@@ -17,6 +17,8 @@ from PIL import Image
 from partdistill.data import coco, planted
 from partdistill.data.catalog import Metadata
 from partdistill.data.records import SkipLog, object_record, part_record
+from partdistill.errors import UserError
+from partdistill.io import write_json_atomic
 
 # the release's 11 supercategories and their parts, in category-id order (40 parts in all)
 TAXONOMY = {
@@ -41,7 +43,7 @@ SYNTH_SYNSETS = {
 }
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError):
     """valtest cannot be made from what is on disk (the message says what and how to fix it)."""
 
 
@@ -141,7 +143,7 @@ def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
             annotations.append({"id": len(annotations) + 1, "image_id": 2, "category_id": 0,
                                 "segmentation": [[10.0, 10.0, 20.0, 20.0]], "bbox": [10, 10, 10, 10], "area": 0, "iscrowd": 0})
         base.mkdir(parents=True, exist_ok=True)
-        coco.write_json_atomic(base / f"{split}.json", {"images": images, "annotations": annotations,
+        write_json_atomic(base / f"{split}.json", {"images": images, "annotations": annotations,
                                                         "categories": categories()})
 
 
@@ -180,7 +182,7 @@ def prepare_valtest(base: Path) -> str:
         "categories": val["categories"],
     }
     _link_folders(base, ("val", "test"), base / "valtest")
-    coco.write_json_atomic(base / "valtest.json", merged)  # last: its presence means valtest is complete
+    write_json_atomic(base / "valtest.json", merged)  # last: its presence means valtest is complete
     return (
         f"valtest: {len(merged['images'])} images (val {len(val['images'])} + test {len(test['images'])}), "
         f"{len(merged['annotations'])} annotations; test image ids offset by {image_offset}, "

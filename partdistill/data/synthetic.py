@@ -16,6 +16,7 @@ from PIL import Image
 from partdistill.data import coco, planted
 from partdistill.data.catalog import Metadata
 from partdistill.data.records import SkipLog, object_record, part_record
+from partdistill.io import write_json_atomic
 
 OBJECT_CLASSES = ("disc", "tower", "kite", "shield")
 PARTS_PER_CLASS = (3, 3, 3, 3)
@@ -100,7 +101,7 @@ def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
                     cat = len(PART_NAMES) * obj.object_class + j
                     annotations.append(coco.polygon_annotation(
                         len(annotations) + 1, n + 1, cat, polygon, HEIGHT, WIDTH, type="part", object_id=object_id))
-        coco.write_json_atomic(base / f"{split}.json", {
+        write_json_atomic(base / f"{split}.json", {
             "images": images, "annotations": annotations, "categories": part_categories,
             "object_categories": object_categories,
         })
