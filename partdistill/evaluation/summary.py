@@ -1,0 +1,87 @@
+"""One table for a multirun: a row per job (suite, its overrides, its metrics), failed jobs included.
+
+Written as summary.md, summary.csv and summary.json in the sweep folder when a multirun of
+`stage=evaluate` ends (SummaryCallback, registered in conf/config.yaml), and rebuilt at any time
+from what the jobs left on disk with `partdistill report SWEEP_DIR`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from partdistill.evaluation.report import MIOU_KEYS, headline, markdown_table
+from partdistill.io import write_json_atomic, write_text_atomic
+from partdistill.plan import ConfigError
+
+
+def expected_jobs(sweep_dir: Path) -> list[list[str]]:
+    """The overrides of every job of the sweep, in job-number order, from Hydra's multirun.yaml."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: {sweep_dir} is not the folder of a Hydra multirun")
+    task = list(OmegaConf.load(path).hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(task)
+    batches = BasicSweeper.split_arguments(overrides, None)
+    sweeps = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    return [[o for o in job if o.split("=")[0].lstrip("+~") in sweeps] for batch in batches for job in batch]
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """A row per expected job: ok (its metrics), failed (started, no metrics.json) or missing (never started)."""
+    rows = []
+    for num, overrides in enumerate(expected_jobs(sweep_dir)):
+        job_dir = sweep_dir / str(num)
+        row = {"job": num, "overrides": " ".join(overrides)}
+        metrics = job_dir / "metrics.json"
+        if metrics.is_file():
+            row.update(status="ok", **headline(json.loads(metrics.read_text())))
+        else:
+            row.update(status="failed" if job_dir.is_dir() else "missing", dataset=None)
+            log_file = next(iter(sorted(job_dir.glob("*.log"))), None) if job_dir.is_dir() else None
+            row["log"] = str(log_file) if log_file else None
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep_dir: str | Path) -> str:
+    """Writes summary.{md,csv,json} in the sweep folder and returns the Markdown table."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    metric_keys = [k for k in MIOU_KEYS if any(k in r for r in rows)]
+    metric_keys += sorted({k for r in rows for k in r if k.startswith("AR")}, key=_ar_order)
+    columns = ["job", "status", "dataset", "overrides"] + metric_keys
+    table = markdown_table(rows, columns)
+    failed = [r for r in rows if r["status"] != "ok"]
+    notes = [f"- job {r['job']} ({r['overrides']}): {r['status']}" + (f", log {r['log']}" if r.get("log") else "")
+             for r in failed]
+    text = "\n".join([f"# Evaluation summary: {sweep_dir}", "", table] + (["", "Jobs without results:"] + notes if notes else []))
+    write_text_atomic(sweep_dir / "summary.md", text + "\n")
+    write_text_atomic(sweep_dir / "summary.csv", "\n".join(
+        [",".join(columns)] + [",".join(_csv_cell(r.get(c)) for c in columns) for r in rows]) + "\n")
+    write_json_atomic(sweep_dir / "summary.json", rows, indent=1)
+    return text
+
+
+def _ar_order(key: str) -> tuple:
+    kind, _, k = key.partition("@")
+    return (kind, int(k) if k.isdigit() else 0)
+
+
+def _csv_cell(value) -> str:
+    text = "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f'"{text}"' if "," in text else text
+
+
+class SummaryCallback(Callback):
+    """Writes and prints the summary table when a multirun of stage=evaluate ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if config.stage.name != "evaluate":
+            return
+        print(write_summary(Path(config.hydra.sweep.dir)))
