@@ -119,13 +119,30 @@ def test_multirun_over_suites_ends_in_one_summary_table(synth_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads((sweep / "summary.json").read_text())
-    assert [(r["status"], r["dataset"], r["overrides"]) for r in rows] == [
-        ("ok", "synthetic_val", "eval=synthetic"), ("ok", "part_imagenet_valtest", "eval=part_imagenet")]
+    assert [(r["status"], r["suite"], r["dataset"], r["overrides"]) for r in rows] == [
+        ("ok", "synthetic", "synthetic_val", "eval=synthetic"),
+        ("ok", "part_imagenet", "part_imagenet_valtest", "eval=part_imagenet")]
     assert all(r["C-mIoU"] == pytest.approx(100.0) for r in rows)
-    assert "| job | status | dataset | overrides | C-mIoU |" in result.stdout
+    assert "| job | status | suite | dataset | overrides | C-mIoU |" in result.stdout
     assert (sweep / "summary.md").is_file() and (sweep / "summary.csv").is_file()
     # a job that left no metrics is listed, not dropped
     (sweep / "1/metrics.json").unlink()
     assert cli(["report", str(sweep)]) == 0
     rows = json.loads((sweep / "summary.json").read_text())
     assert rows[1]["status"] == "failed" and rows[1]["log"].endswith("launch.log")
+
+
+def test_identity_mapping_adds_supervised_miou_and_part_ap(synth_root, tmp_path):
+    records = catalog.load("synthetic_val")
+    meta = catalog.metadata("synthetic_val")
+    preds = []
+    for r in records:  # labels are the dataset's global part ids, as a supervised model predicts
+        for obj in r["annotations"]:
+            preds += [{"image_id": r["image_id"], "segmentation": p["segmentation"], "label": p["category_id"],
+                       "score": 0.9} for p in obj["parts"]]
+    res = evaluate_saved("synthetic_val", write(tmp_path / "p.json", preds), tmp_path / "o", mapping="identity",
+                         overlays=0)
+    assert len(meta.part_classes) == 12
+    for key in ("C-mIoU", "mIoU", "AP50", "AP"):
+        assert res[key] == pytest.approx(100.0), key
+    assert res["AP-AR@100"] == pytest.approx(100.0) and res["AR@10"] == pytest.approx(100.0)

@@ -11,6 +11,7 @@ from PIL import Image
 from partdistill.io import write_json_atomic, write_text_atomic
 
 MIOU_KEYS = ("C-mIoU", "A-mIoU", "C-mACC", "A-mACC", "C-mIoPred", "A-mIoPred")
+SUPERVISED_KEYS = ("mIoU", "mACC", "pixel_acc", "AP", "AP50", "AP75")
 
 
 def headline(results: dict) -> dict:

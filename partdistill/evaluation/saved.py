@@ -9,14 +9,19 @@ from tqdm import tqdm
 
 from partdistill.data import catalog
 from partdistill.data.images import UnreadableImage, read_rgb
+from partdistill.evaluation.coco_ap import PartAPEvaluator
 from partdistill.evaluation.part_miou import PartMIoUEvaluator
 from partdistill.evaluation.predictions import PredictionError, group_by_image, read_predictions, to_prediction
 from partdistill.evaluation.proposals import ProposalAREvaluator
 from partdistill.evaluation.report import save_overlay, write_results
 from partdistill.evaluation.samples import class_space, object_samples
+from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
 
 log = logging.getLogger(__name__)
 BATCH = 16  # images per evaluator call: one bincount per batch
+# supervised mIoU's and COCOeval's numbers as reported; COCO's AR is renamed so it is not read as proposal AR
+SUPERVISED_HEADLINE = {"mIoU": "mIoU", "mACC": "mACC", "pixel_acc": "pixel_acc", "AP": "AP", "AP50": "AP50",
+                       "AP75": "AP75", "AR@1": "AP-AR@1", "AR@10": "AP-AR@10", "AR@100": "AP-AR@100"}
 
 
 def _score(evaluators: list, records: list[dict], grouped: dict, desc: str) -> None:
@@ -38,11 +43,15 @@ def evaluate_saved(
     min_gt_iou: float = 0.001,
     overlays: int = 4,
     root: str | Path | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Scores a prediction file on `dataset` (e.g. "pascal_parts_val"); writes and returns the results.
 
     The label -> part mapping is learned on `match_dataset` with `match_predictions` when given
-    (both or neither), else on `dataset` itself, as the paper does.
+    (both or neither), else on `dataset` itself, as the paper does. With mapping="identity" the
+    labels are the dataset's part classes, so supervised mIoU (`mIoU`, `mACC`, `pixel_acc`) and
+    COCO part AP (`AP`, `AP50`, `AP75`, `AP-AR@1|10|100`) are reported too. `extra` (e.g. the
+    suite's name) is stored at the top of metrics.json.
     """
     if (match_dataset is None) != (match_predictions is None):
         raise PredictionError("give both a match dataset and its predictions, or neither")
@@ -51,7 +60,8 @@ def evaluate_saved(
     grouped = group_by_image(read_predictions(predictions), records, str(predictions))
     miou = PartMIoUEvaluator(meta, mapping, object_class)
     ar = ProposalAREvaluator(meta, min_gt_iou=min_gt_iou, object_class=object_class)
-    _score([miou, ar], records, grouped, f"scoring {dataset}")
+    supervised = [SupervisedMIoUEvaluator(meta, object_class), PartAPEvaluator(meta)] if mapping == "identity" else []
+    _score([miou, ar, *supervised], records, grouped, f"scoring {dataset}")
     match = None
     if match_dataset is not None:
         match_meta = catalog.metadata(match_dataset, root)
@@ -64,7 +74,12 @@ def evaluate_saved(
         match_grouped = group_by_image(read_predictions(match_predictions), match_records, str(match_predictions))
         match = PartMIoUEvaluator(match_meta, mapping, object_class)
         _score([match], match_records, match_grouped, f"matching on {match_dataset}")
-    results = {"dataset": dataset, "predictions": str(predictions), **miou.evaluate(match=match), **ar.evaluate()}
+    results = {**(extra or {}), "dataset": dataset, "predictions": str(predictions),
+               **miou.evaluate(match=match), **ar.evaluate()}
+    for evaluator in supervised:  # their headline numbers only: the tables above are part mIoU's
+        for key, value in evaluator.evaluate().items():
+            if key in SUPERVISED_HEADLINE:
+                results[SUPERVISED_HEADLINE[key]] = value
     out_dir = Path(out_dir)
     write_results(results, out_dir, f"{dataset}: {predictions}")
     _write_overlays(records, grouped, miou, results["mapping"], out_dir / "overlays", overlays)

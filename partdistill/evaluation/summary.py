@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.evaluation.report import MIOU_KEYS, headline, markdown_table
+from partdistill.evaluation.report import MIOU_KEYS, SUPERVISED_KEYS, headline, markdown_table
 from partdistill.io import write_json_atomic, write_text_atomic
 from partdistill.plan import ConfigError
 
@@ -42,7 +42,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         if metrics.is_file():
             row.update(status="ok", **headline(json.loads(metrics.read_text())))
         else:
-            row.update(status="failed" if job_dir.is_dir() else "missing", dataset=None)
+            row.update(status="failed" if job_dir.is_dir() else "missing", suite=None, dataset=None)
             log_file = next(iter(sorted(job_dir.glob("*.log"))), None) if job_dir.is_dir() else None
             row["log"] = str(log_file) if log_file else None
         rows.append(row)
@@ -53,9 +53,9 @@ def write_summary(sweep_dir: str | Path) -> str:
     """Writes summary.{md,csv,json} in the sweep folder and returns the Markdown table."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    metric_keys = [k for k in MIOU_KEYS if any(k in r for r in rows)]
-    metric_keys += sorted({k for r in rows for k in r if k.startswith("AR")}, key=_ar_order)
-    columns = ["job", "status", "dataset", "overrides"] + metric_keys
+    metric_keys = [k for k in MIOU_KEYS + SUPERVISED_KEYS if any(k in r for r in rows)]
+    metric_keys += sorted({k for r in rows for k in r if k.startswith(("AR", "AP-AR"))}, key=_ar_order)
+    columns = ["job", "status", "suite", "dataset", "overrides"] + metric_keys
     table = markdown_table(rows, columns)
     failed = [r for r in rows if r["status"] != "ok"]
     notes = [f"- job {r['job']} ({r['overrides']}): {r['status']}" + (f", log {r['log']}" if r.get("log") else "")

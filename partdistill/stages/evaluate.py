@@ -48,9 +48,9 @@ def run(cfg: DictConfig) -> dict:
         match_dataset=f"{ev.dataset}_{ev.match_split}" if matched else None,
         match_predictions=ev.match_predictions if matched else None,
         mapping=ev.mapping.value, object_class=ev.object_class.value, min_gt_iou=ev.min_gt_iou,
-        overlays=ev.overlays, root=project_root(),
+        overlays=ev.overlays, root=project_root(), extra={"suite": ev.suite},
     )
-    top = {"suite": ev.suite, **headline(results)}
+    top = headline(results)
     shown = ", ".join(f"{k} {v:.2f}" for k, v in top.items() if isinstance(v, float))
     print(f"evaluate {dataset}: {shown}  ({out}/metrics.json)")
     return top
