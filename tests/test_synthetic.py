@@ -36,3 +36,12 @@ def test_deterministic_for_a_seed(tmp_path):
     for split in ("train", "val"):
         assert (tmp_path / f"a/datasets/synthetic/{split}.json").read_bytes() == (
             tmp_path / f"b/datasets/synthetic/{split}.json").read_bytes()
+
+
+def test_detectron2_registration_is_optional(caplog):
+    import importlib.util
+
+    if importlib.util.find_spec("detectron2") is not None:  # pragma: no cover - not installable here
+        return
+    assert catalog.register_detectron2() is False
+    assert "detectron2 is not installed: nothing registered" in caplog.text
