@@ -83,7 +83,8 @@ def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
     """Dataset name -> splits the config's stages read (beyond each dataset's default splits)."""
     needs: dict[str, list[str]] = {}
     for name, stage in stages_to_run(cfg):
-        for source in INPUTS[name]:
+        sources = ("eval",) if name == "pixel_grouping" and stage.evaluate else INPUTS[name]
+        for source in sources:
             if source == "data":
                 _add_need(needs, cfg.data.name, [])
             elif source == "eval":
@@ -125,8 +126,7 @@ def preflight(configs: list[DictConfig]) -> None:
         for dataset, splits in dataset_needs(cfg).items():
             _add_need(needs, dataset, splits)
     require([check(name, splits) for name, splits in needs.items()])
-    for name in sorted(selected):
-        stages.stage_module(name)
+    stages.require_stages(sorted(selected))
 
 
 def _jobs(name: str, stage: DictConfig) -> str:

@@ -156,6 +156,9 @@ class PixelGroupingConfig(PartitionedStageConfig):
     metric: Metric = Metric.dot  # how full-resolution pixels are assigned to centroids
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     dcrf: DenseCRFConfig = field(default_factory=DenseCRFConfig)
+    # score the grouping itself instead: its clusters as part proposals (score 1) on the eval suite's
+    # split with its ground-truth objects, by part AR (the paper: eval=part_imagenet, valtest)
+    evaluate: bool = False
 
 
 @dataclass

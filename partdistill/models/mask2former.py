@@ -1,0 +1,292 @@
+"""Mask2Former (transformers) for the pipeline: built from `conf/model`, its input, features and top instances.
+
+- `build_model` loads `model.pretrained` (a local folder or a hub id) or builds a randomly initialised
+  model from the config alone (`conf/model/tiny.yaml`). `model.weights` (a partdistill checkpoint)
+  is not read here: the training engine loads it into the built model.
+- `preprocess` is the paper's test input (method reference 2.1/2.2): resize to fit size x size,
+  ImageNet mean/std on the 0-255 scale, zero padding (after normalisation) to a multiple of 32.
+- `backbone_features` runs the backbone only (pixel grouping); `top_instances` ranks instances as
+  Mask2Former's instance post-processing does (object masks).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import inspect
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from partdistill.config.schema import BackboneConfig, ModelConfig
+from partdistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+FEATURE_KEYS = ("res2", "res3", "res4", "res5")  # strides 4, 8, 16, 32 = the backbone's feature_maps[0..3]
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+DEFAULT_NUM_LABELS = 80  # COCO's thing classes, the head of the paper's instance model
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+class ModelConfigError(UserError):
+    """A `model.*` option that is unknown or has a value the model cannot be built from."""
+
+
+class PretrainedUnavailable(UserError):
+    """`model.pretrained` names a folder that does not exist or a hub id that cannot be loaded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def build_model(model_cfg, num_labels: int | None = None):
+    """A `Mask2FormerForUniversalSegmentation` from the `model` config group (DictConfig or dict).
+
+    `num_labels` (classes, without no-object) replaces a pretrained head of another size with a new,
+    randomly initialised one; a model built from config gets `num_labels` or 80.
+    """
+    options = _model_options(model_cfg)
+    with _quiet_transformers():
+        if options["pretrained"]:
+            return _load_pretrained(options["pretrained"], num_labels)
+        from transformers import Mask2FormerForUniversalSegmentation
+
+        return Mask2FormerForUniversalSegmentation(_mask2former_config(options, num_labels))
+
+
+def _model_options(model_cfg) -> dict:
+    """The config as a plain dict with the schema's defaults, after checking its keys and types."""
+    raw = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
+    _check_keys(raw, ModelConfig, "model")
+    if isinstance(raw.get("backbone"), Mapping):
+        _check_keys(raw["backbone"], BackboneConfig, "model.backbone")
+    try:  # the schema's defaults and type checks, as Hydra composition would apply them
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)
+    except OmegaConfBaseException as exc:
+        raise ModelConfigError(f"invalid model config: {exc}") from exc
+    options = OmegaConf.to_container(merged, resolve=True)
+    backbone = options["backbone"]
+    if backbone["type"] not in ("swin", "resnet"):
+        raise ModelConfigError(f"model.backbone.type={backbone['type']!r}: choose swin or resnet")
+    for key in ("depths",) + (("num_heads",) if backbone["type"] == "swin" else ()):
+        if len(backbone[key]) != len(STAGES):
+            raise ModelConfigError(f"model.backbone.{key}={backbone[key]}: Mask2Former needs one value per stage (4)")
+    return options
+
+
+def _check_keys(options: Mapping, schema, prefix: str) -> None:
+    valid = [f.name for f in dataclasses.fields(schema)]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {prefix}.{close[0]}? " if close else ""
+            raise ModelConfigError(f"{prefix}.{key} is not a model option; {hint}valid keys: {', '.join(valid)}")
+
+
+def _checked(config_cls, **kwargs):
+    """config_cls(**kwargs), refusing names it does not define (transformers keeps misspelt ones silently)."""
+    known = {f.name.lstrip("_") for f in dataclasses.fields(config_cls)}
+    known |= set(inspect.signature(config_cls.__init__).parameters)
+    known |= {name for name in kwargs if isinstance(inspect.getattr_static(config_cls, name, None), property)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"{config_cls.__name__} has no field(s) {unknown} in this transformers version")
+    return config_cls(**kwargs)
+
+
+def _mask2former_config(options: dict, num_labels: int | None):
+    from transformers import Mask2FormerConfig, ResNetConfig, SwinConfig
+
+    b, hidden = options["backbone"], options["hidden_dim"]
+    if b["type"] == "swin":
+        backbone = _checked(SwinConfig, embed_dim=b["embed_dim"], depths=b["depths"], num_heads=b["num_heads"],
+                            window_size=b["window_size"], image_size=b["image_size"], out_features=STAGES)
+    else:  # bottleneck ResNet: embed_dim 64 with depths [3, 4, 6, 3] is ResNet-50 (stage widths 4x, 8x, 16x, 32x)
+        backbone = _checked(ResNetConfig, embedding_size=b["embed_dim"], depths=b["depths"], layer_type="bottleneck",
+                            hidden_sizes=[b["embed_dim"] * 4 * 2**i for i in range(len(STAGES))],
+                            out_features=STAGES)
+    # Feed-forward widths scale with hidden_dim: 256 gives transformers' (and the paper's) 1024 / 2048.
+    config = _checked(Mask2FormerConfig, backbone_config=backbone, hidden_dim=hidden, feature_size=hidden,
+                      mask_feature_size=hidden, num_queries=options["num_queries"],
+                      decoder_layers=options["decoder_layers"], encoder_feedforward_dim=4 * hidden,
+                      dim_feedforward=8 * hidden)
+    config.num_labels = num_labels or DEFAULT_NUM_LABELS
+    return config
+
+
+def _load_pretrained(source: str, num_labels: int | None):
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    path = os.path.expanduser(source)
+    is_folder = os.path.isdir(path)
+    if not is_folder and _looks_like_path(source, path):
+        problem = "a file, not a folder" if os.path.exists(path) else "no such folder"
+        raise PretrainedUnavailable(
+            f"model.pretrained={source!r}: {problem}. Point model.pretrained at a folder written by "
+            "save_pretrained (config.json + model.safetensors), a hub id such as "
+            "facebook/mask2former-swin-large-coco-instance, or null to build from the config alone"
+        )
+    where, local_only = (path, True) if is_folder else (source, _offline())
+    try:
+        config = Mask2FormerConfig.from_pretrained(where, local_files_only=local_only)
+        if num_labels is not None and num_labels != config.num_labels:
+            log.info("model.pretrained=%s: new %d-class head replaces its %d-class head",
+                     source, num_labels, config.num_labels)
+            config.num_labels = num_labels
+        return Mask2FormerForUniversalSegmentation.from_pretrained(
+            where, config=config, local_files_only=local_only, ignore_mismatched_sizes=True)
+    except OSError as exc:
+        raise PretrainedUnavailable(_load_failure(source, is_folder, local_only, exc)) from exc
+
+
+def _looks_like_path(source: str, path: str) -> bool:
+    """A file system path rather than a hub id ("namespace/name", which also contains a slash)."""
+    parent = os.path.dirname(path)
+    return (os.path.exists(path) or source.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(source)
+            or bool(parent) and os.path.isdir(parent))  # "weights/m2f" under an existing ./weights
+
+
+def _load_failure(source: str, is_folder: bool, offline: bool, exc: OSError) -> str:
+    if is_folder:
+        return (f"model.pretrained={source!r}: the folder cannot be loaded ({exc}). It must hold what "
+                "save_pretrained writes: config.json and model.safetensors")
+    if offline:
+        return (f"model.pretrained={source!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
+                f"Fetch it once on a machine with network (hf download {source}, with the same "
+                "HF_HOME), or set model.pretrained to a local folder holding its config.json and model.safetensors")
+    return (f"model.pretrained={source!r}: cannot be downloaded or found in the local cache ({exc}). Check the id "
+            "and the network, or set model.pretrained to a local folder holding its config.json and model.safetensors")
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as set now: huggingface_hub reads it only once, at import."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(f is not None and f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No progress bars, load reports or 'unsupported backbone' notices while building; errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------
+# Input
+
+
+@dataclass
+class Batch:
+    """Images ready for the model.
+
+    pixel_values: [B, 3, Hp, Wp] float32, normalised, zero-padded bottom/right; Hp, Wp multiples of 32.
+    pixel_mask: [B, Hp, Wp] int64, 1 on the image, 0 on the padding.
+    image_sizes: (h, w) of each resized image inside the padding.
+    original_sizes: (H, W) of each input image.
+    """
+
+    pixel_values: torch.Tensor
+    pixel_mask: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+
+def preprocess(images: Sequence[np.ndarray], size: int = 640, size_divisibility: int = 32, device=None) -> Batch:
+    """Resize [H, W, 3] uint8 RGB images to fit size x size (detectron2's ResizeScale(1, 1, size, size):
+    small images are enlarged), normalise, and pad them to one shape divisible by `size_divisibility`."""
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected [H, W, 3] uint8 RGB images, got {image.dtype} of shape {image.shape}")
+    originals = [tuple(image.shape[:2]) for image in images]
+    resized: list[torch.Tensor | None] = [None] * len(images)
+    for shape in dict.fromkeys(originals):  # images of one size are resized in one call
+        index = [i for i, s in enumerate(originals) if s == shape]
+        stack = torch.from_numpy(np.stack([images[i] for i in index])).to(device).permute(0, 3, 1, 2).float()
+        scale = size / max(shape)
+        out = (int(round(shape[0] * scale)), int(round(shape[1] * scale)))
+        # detectron2 resizes the uint8 image (PIL bilinear, antialiased when shrinking), hence round + clamp
+        stack = F.interpolate(stack, size=out, mode="bilinear", align_corners=False, antialias=scale < 1)
+        for i, image in zip(index, stack.round_().clamp_(0, 255)):
+            resized[i] = image
+    sizes = [tuple(image.shape[1:]) for image in resized]
+    height = math.ceil(max(h for h, _ in sizes) / size_divisibility) * size_divisibility
+    width = math.ceil(max(w for _, w in sizes) / size_divisibility) * size_divisibility
+    mean = torch.tensor(PIXEL_MEAN, device=device).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=device).view(3, 1, 1)
+    pixel_values = torch.zeros(len(images), 3, height, width, device=device)
+    pixel_mask = torch.zeros(len(images), height, width, dtype=torch.int64, device=device)
+    for i, (image, (h, w)) in enumerate(zip(resized, sizes)):
+        pixel_values[i, :, :h, :w] = (image - mean) / std
+        pixel_mask[i, :h, :w] = 1
+    return Batch(pixel_values, pixel_mask, sizes, originals)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def backbone_features(model, pixel_values: torch.Tensor, keys: Sequence[str] = ("res3", "res4")) -> dict:
+    """{key: [B, C_key, Hp / stride, Wp / stride]} from the backbone alone (no pixel or transformer decoder).
+
+    res2, res3, res4, res5 have strides 4, 8, 16, 32 of the [B, 3, Hp, Wp] input. Gradients follow the
+    caller's mode: wrap in torch.no_grad() for inference.
+    """
+    unknown = [key for key in keys if key not in FEATURE_KEYS]
+    if unknown:
+        raise ValueError(f"unknown feature key(s) {unknown}; valid: {', '.join(FEATURE_KEYS)}")
+    feature_maps = model.model.pixel_level_module.encoder(pixel_values).feature_maps
+    return {key: feature_maps[FEATURE_KEYS.index(key)] for key in keys}
+
+
+def top_instances(model_outputs, batch: Batch, k: int = 1) -> list[list[dict]]:
+    """Per image, its k most confident instances, best first: {"mask": [H, W] bool at the original size,
+    "score": float in [0, 1], "label": int}.
+
+    Scores as Mask2Former's instance inference: the query's best class probability (softmax without the
+    no-object class) times the mean sigmoid of its mask logits over the pixels where they are > 0, taken
+    on the image area of the padded input. Each query is one candidate (with its best class), so no
+    mask is returned twice.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    class_probs = model_outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # [B, Q, C]
+    class_scores, labels = class_probs.max(-1)  # [B, Q]
+    padded = batch.pixel_values.shape[-2:]
+    results = []
+    # One image at a time: Q masks at the input size ([Q, Hp, Wp]) is large for the paper's 200 queries.
+    for i, ((h, w), original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
+        logits = model_outputs.masks_queries_logits[i].float()[None]  # [1, Q, h/4, w/4] (padded input / 4)
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[0, :, :h, :w]
+        positive = (logits > 0).flatten(1).float()  # [Q, h * w]
+        mask_scores = (logits.sigmoid().flatten(1) * positive).sum(1) / (positive.sum(1) + 1e-6)
+        scores, order = (class_scores[i] * mask_scores).topk(min(k, len(mask_scores)))
+        masks = F.interpolate(logits[order][None], size=original, mode="bilinear", align_corners=False)[0] > 0
+        results.append([{"mask": mask.cpu().numpy(), "score": float(score), "label": int(label)}
+                        for mask, score, label in zip(masks, scores, labels[i, order])])
+    return results

@@ -1,0 +1,138 @@
+"""Stage 1 `object_masks`: one object per training image, written to the store.
+
+`stage.source=model` keeps the most confident instance of the instance-segmentation Mask2Former
+(its mask, score and COCO class). The paper's ImageNet-22K run used Detic, which no maintained
+library packages; the COCO-instance Mask2Former (`model=m2f_swin_large`, the paper's own
+compute-friendly choice for ImageNet-1K) replaces it here. `stage.source=gt` takes every
+ground-truth object instead, where the data set has them (the synthetic data, supervised ablations).
+
+    python launch.py experiment=compute_friendly stage=object_masks stage.partition=3
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from partdistill.config.resolver import project_root
+from partdistill.data import catalog, masks
+from partdistill.data.images import ImageRecords, collate
+from partdistill.plan import ConfigError
+from partdistill.store import Store, class_key, partition_records
+
+log = logging.getLogger(__name__)
+STAGE = "object_masks"
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def partitions_to_run(stage: DictConfig) -> list[int]:
+    """Partition `stage.partition`, or all of 0..P-1 when it is null."""
+    total = stage.num_partitions
+    if stage.partition is None:
+        return list(range(total))
+    if not 0 <= stage.partition < total:
+        raise ConfigError(f"stage.partition={stage.partition} is outside 0..{total - 1} (stage.num_partitions={total})")
+    return [stage.partition]
+
+
+def model_identity(cfg: DictConfig) -> dict:
+    """The model's part of a store identity; the seed sets the weights of a model built from config."""
+    return {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "weights": cfg.model.weights,
+            "seed": cfg.seed if cfg.model.pretrained is None and cfg.model.weights is None else None}
+
+
+def identity(cfg: DictConfig) -> dict:
+    """What determines this stage's output (the store refuses shards written under anything else)."""
+    s = cfg.stage
+    out = {"stage": STAGE, "data": cfg.data.train, "source": s.source.value}
+    if s.source.value == "model":
+        out.update(model=model_identity(cfg), image_size=s.image_size, score_threshold=s.score_threshold)
+    return out
+
+
+def store_record(record: dict, height: int, width: int, objects: list[dict]) -> dict:
+    return {
+        "image_id": record["image_id"], "file_name": record["file_name"], "height": height, "width": width,
+        "class_key": class_key(record), "class_id": record.get("class_id"), "objects": objects,
+    }
+
+
+def _gt_objects(records: list[dict], shard, counts: dict) -> None:
+    for record in tqdm(records, desc="ground-truth objects", unit="img", disable=None):
+        objects = [{"segmentation": a["segmentation"], "score": 1.0, "category_id": a["category_id"]}
+                   for a in record.get("annotations", [])]
+        if objects:
+            shard.add(store_record(record, record["height"], record["width"], objects))
+            counts["images"] += 1
+            counts["objects"] += len(objects)
+        else:
+            shard.skip(record["file_name"], "no ground-truth object")
+            counts["skipped"] += 1
+
+
+def _model_objects(cfg: DictConfig, model, records: list[dict], shard, counts: dict) -> None:
+    from partdistill.models.mask2former import preprocess, top_instances
+
+    s, device = cfg.stage, device_of(cfg)
+    loader = torch.utils.data.DataLoader(ImageRecords(records), batch_size=s.batch_size,
+                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    for readable, skipped in tqdm(loader, desc="instance masks", unit="batch", disable=None):
+        for sample in skipped:
+            shard.skip(sample["record"]["file_name"], sample["skipped"])
+        counts["skipped"] += len(skipped)
+        if not readable:
+            continue
+        batch = preprocess([sample["image"] for sample in readable], size=s.image_size, device=device)
+        with torch.no_grad():
+            outputs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask)
+        for sample, instances in zip(readable, top_instances(outputs, batch, k=1)):
+            height, width = sample["image"].shape[:2]
+            if not instances or instances[0]["score"] < s.score_threshold or not instances[0]["mask"].any():
+                shard.skip(sample["record"]["file_name"], f"no instance scoring >= {s.score_threshold}")
+                counts["skipped"] += 1
+                continue
+            top = instances[0]
+            obj = {"segmentation": masks.encode(top["mask"]), "score": top["score"], "category_id": top["label"]}
+            shard.add(store_record(sample["record"], height, width, [obj]))
+            counts["images"] += 1
+            counts["objects"] += 1
+
+
+def run(cfg: DictConfig) -> dict:
+    s = cfg.stage
+    start = time.perf_counter()
+    records = catalog.load(cfg.data.train, project_root())
+    store = Store(Path(cfg.run_dir) / "store", STAGE, s.num_partitions, identity(cfg))
+    model = None
+    if s.source.value == "model":
+        from partdistill.models.mask2former import build_model
+
+        model = build_model(cfg.model).eval().to(device_of(cfg))
+    counts = {"images": 0, "objects": 0, "skipped": 0}
+    written = 0
+    for index in partitions_to_run(s):
+        if store.is_complete(index):
+            log.info("%s: partition %d of %d is complete: skipped", STAGE, index, s.num_partitions)
+            continue
+        part = partition_records(records, index, s.num_partitions)
+        with store.write_shard(index, classes=sorted({class_key(r) for r in part})) as shard:
+            if model is None:
+                _gt_objects(part, shard, counts)
+            else:
+                _model_objects(cfg, model, part, shard, counts)
+        written += 1
+    result = {**counts, "partitions_written": written, "incomplete": len(store.incomplete()),
+              "seconds": round(time.perf_counter() - start, 1)}
+    print(f"{STAGE}: {counts['images']} images, {counts['objects']} objects, {counts['skipped']} skipped, "
+          f"{written} partition(s) written, {result['incomplete']} incomplete, {result['seconds']} s "
+          f"-> {Path(cfg.run_dir) / 'store' / STAGE}")
+    return result

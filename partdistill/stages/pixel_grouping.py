@@ -1,0 +1,188 @@
+"""Stage 2 `pixel_grouping`: class-agnostic part segments from k-means over backbone features.
+
+For each object of the `object_masks` store: the backbone features named in `stage.feature_keys`
+(paper: res3 + res4), resized bilinearly to the first key's grid and concatenated (optionally
+L2-normalised), are clustered with K-means (K = `stage.kmeans.k`, paper 4) over the object's
+feature pixels, all objects of a batch at once; every object pixel at the original resolution then
+goes to a centroid (`stage.metric`: `dot`, the paper's scripts, or `l2`), giving up to K part masks.
+Objects with no more feature pixels than clusters are skipped and counted. `stage.dcrf.enabled`
+smooths the labels with a dense CRF (pydensecrf2) at the model's input resolution.
+
+    python launch.py experiment=smoke stage=pixel_grouping
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from partdistill.config.resolver import project_root
+from partdistill.data import catalog, masks
+from partdistill.data.images import ImageRecords, collate
+from partdistill.models.grouping import GroupingParams, group_objects
+from partdistill.stages.object_masks import device_of, model_identity, partitions_to_run
+from partdistill.store import Store, class_key, partition_records
+
+log = logging.getLogger(__name__)
+STAGE = "pixel_grouping"
+UPSTREAM = "object_masks"
+
+
+def identity(cfg: DictConfig, upstream_hash: str) -> dict:
+    s = cfg.stage
+    return {
+        "stage": STAGE, "data": cfg.data.train, "object_masks": upstream_hash, "model": model_identity(cfg),
+        "image_size": s.image_size, "feature_keys": list(s.feature_keys), "normalize": s.normalize,
+        "metric": s.metric.value, "kmeans": OmegaConf.to_container(s.kmeans), "kmeans_seed": cfg.seed,
+        "dcrf": OmegaConf.to_container(s.dcrf) if s.dcrf.enabled else False,
+    }
+
+
+def grouped_features(model, pixel_values: torch.Tensor, keys: list[str], normalize: bool) -> torch.Tensor:
+    """[B, D, Hf, Wf]: the named backbone features on the first key's grid, concatenated."""
+    from partdistill.models.mask2former import backbone_features
+
+    feats = backbone_features(model, pixel_values, keys=tuple(keys))
+    grid = feats[keys[0]].shape[-2:]
+    stacked = torch.cat([F.interpolate(feats[k], size=grid, mode="bilinear", align_corners=False)
+                         if feats[k].shape[-2:] != grid else feats[k] for k in keys], dim=1)
+    return F.normalize(stacked, dim=1) if normalize else stacked
+
+
+def _refine(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, k: int, params) -> np.ndarray:
+    """Dense-CRF smoothing of one object's labels (0 = background, 1..k = clusters), back to -1 outside."""
+    from partdistill.models.dcrf import dense_crf
+
+    refined = dense_crf(image, np.where(mask, labels + 1, 0), k + 1, params)
+    return np.where(mask & (refined > 0), refined - 1, -1)
+
+
+def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: torch.Generator) -> dict:
+    from partdistill.models.mask2former import preprocess
+
+    s, device = cfg.stage, device_of(cfg)
+    params = GroupingParams(k=s.kmeans.k, metric=s.metric.value, iters=s.kmeans.iters, tol=s.kmeans.tol,
+                            init=s.kmeans.init, n_init=s.kmeans.n_init)
+    counts = {"images": 0, "objects": 0, "too_small": 0}
+    loader = torch.utils.data.DataLoader(ImageRecords(items), batch_size=s.batch_size,
+                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    for readable, skipped in tqdm(loader, desc="pixel grouping", unit="batch", disable=None):
+        for sample in skipped:
+            shard.skip(sample["record"]["file_name"], sample["skipped"])
+        if not readable:
+            continue
+        batch = preprocess([sample["image"] for sample in readable], size=s.image_size, device=device)
+        with torch.no_grad():
+            features = grouped_features(model, batch.pixel_values, list(s.feature_keys), s.normalize)
+        objects = [(b, masks.decode(obj["segmentation"])) for b, sample in enumerate(readable)
+                   for obj in sample["record"]["objects"]]
+        sources = [obj for sample in readable for obj in sample["record"]["objects"]]
+        labels = group_objects(features, objects, batch.image_sizes, batch.original_sizes,
+                               tuple(batch.pixel_values.shape[-2:]), params, generator)
+        per_image: dict[int, list[dict]] = {}
+        for (b, mask), source, label_map in zip(objects, sources, labels):
+            if label_map is None:
+                counts["too_small"] += 1
+                shard.skip(readable[b]["record"]["file_name"], f"object with <= {params.k} feature pixels")
+                continue
+            if s.dcrf.enabled:
+                label_map = _refine(readable[b]["image"], label_map, mask, params.k, s.dcrf)
+            parts = [{"segmentation": masks.encode(label_map == c), "cluster": int(c)}
+                     for c in np.unique(label_map[label_map >= 0])]
+            height, width = mask.shape
+            per_image.setdefault(b, []).append({
+                "segmentation": source["segmentation"], "score": source["score"],
+                "category_id": source["category_id"], "object_ratio": float(mask.sum()) / (height * width),
+                "parts": parts,
+            })
+            counts["objects"] += 1
+        for b, grouped in per_image.items():
+            record = readable[b]["record"]
+            shard.add({key: record[key] for key in ("image_id", "file_name", "height", "width", "class_key", "class_id")}
+                      | {"objects": grouped})
+            counts["images"] += 1
+    return counts
+
+
+def run(cfg: DictConfig) -> dict:
+    from partdistill.models.mask2former import build_model
+
+    s = cfg.stage
+    if s.dcrf.enabled:  # before any work: a missing extra must not surface after hours of grouping
+        from partdistill.models.dcrf import require_dense_crf
+
+        require_dense_crf()
+    if s.evaluate:
+        return evaluate_grouping(cfg)
+    start = time.perf_counter()
+    store_root = Path(cfg.run_dir) / "store"
+    upstream = Store.open(store_root, UPSTREAM)
+    store = Store(store_root, STAGE, s.num_partitions, identity(cfg, upstream.hash))
+    model = build_model(cfg.model).eval().to(device_of(cfg))
+    records = catalog.load(cfg.data.train, project_root())
+    totals = {"images": 0, "objects": 0, "too_small": 0}
+    written = 0
+    for index in partitions_to_run(s):
+        if store.is_complete(index):
+            log.info("%s: partition %d of %d is complete: skipped", STAGE, index, s.num_partitions)
+            continue
+        classes = {class_key(r) for r in partition_records(records, index, s.num_partitions)}
+        items = list(upstream.records(classes=classes))
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + index)  # the same shard on every rerun
+        with store.write_shard(index, classes=sorted(classes)) as shard:
+            counts = _group_shard(cfg, model, items, shard, generator)
+        totals = {k: totals[k] + counts[k] for k in totals}
+        written += 1
+    result = {**totals, "partitions_written": written, "incomplete": len(store.incomplete()),
+              "seconds": round(time.perf_counter() - start, 1)}
+    print(f"{STAGE}: {totals['images']} images, {totals['objects']} objects grouped, {totals['too_small']} too small "
+          f"to group, {written} partition(s) written, {result['incomplete']} incomplete, {result['seconds']} s "
+          f"-> {store_root / STAGE}")
+    return result
+
+
+class _Collector:
+    """A shard-like sink that keeps records in memory (the grouping evaluation writes no store)."""
+
+    def __init__(self):
+        self.records, self.skipped = [], []
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+
+    def skip(self, path, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+
+
+def evaluate_grouping(cfg: DictConfig) -> dict:
+    """The paper's pixel-grouping evaluation: clusters of GT objects as proposals, scored by part AR."""
+    from partdistill.evaluation.saved import evaluate_saved
+    from partdistill.io import write_json_atomic
+    from partdistill.models.mask2former import build_model
+    from partdistill.stages.evaluate import output_dir
+
+    ev = cfg.eval
+    dataset = f"{ev.dataset}_{ev.split}"
+    items = [{**r, "class_key": class_key(r), "class_id": None,
+              "objects": [{"segmentation": a["segmentation"], "score": 1.0, "category_id": a["category_id"]}
+                          for a in r["annotations"]]}
+             for r in catalog.load(dataset, project_root()) if r["annotations"]]
+    model = build_model(cfg.model).eval().to(device_of(cfg))
+    sink = _Collector()
+    _group_shard(cfg, model, items, sink, torch.Generator().manual_seed(cfg.seed))
+    predictions = [{"image_id": r["image_id"], "segmentation": part["segmentation"], "label": part["cluster"], "score": 1.0}
+                   for r in sink.records for obj in r["objects"] for part in obj["parts"]]
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "grouping_predictions.json", predictions)
+    results = evaluate_saved(dataset, out / "grouping_predictions.json", out, min_gt_iou=ev.min_gt_iou,
+                             overlays=ev.overlays, root=project_root(), extra={"suite": ev.suite, "stage": STAGE})
+    shown = ", ".join(f"{k} {results[k]:.2f}" for k in results if k.startswith("AR") and results[k] is not None)
+    print(f"{STAGE} evaluation on {dataset}: {shown} ({len(sink.skipped)} objects skipped) -> {out}/metrics.json")
+    return {k: v for k, v in results.items() if k.startswith("AR")}
