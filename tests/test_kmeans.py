@@ -8,8 +8,20 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
 
 from partdistill.models.kmeans import assign, assignment_logits, kmeans
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The problems here are tiny: with several threads they mostly wait for each other (and for
+    whatever else runs on the machine), which made this file 2-3x slower on a loaded 2-core VM."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
 
 
 def blobs(n: int, std: float, seed: int, dim: int = 8, centers: int = 4, offset: float = 0.0) -> np.ndarray:
@@ -135,6 +147,11 @@ def test_fewer_valid_points_than_k(init):
     assert (got.centroids[2] == 0).all()
     two = points[1][valid[1]]  # each of the two points is one of the centroids
     assert torch.cdist(two, got.centroids[1]).min(1).values.max() == 0
+
+
+def test_no_points_at_all():
+    got = kmeans(torch.zeros(2, 0, 3), k=4)
+    assert got.centroids.shape == (2, 4, 3) and got.labels.shape == (2, 0) and (got.inertia == 0).all()
 
 
 def test_argument_errors():

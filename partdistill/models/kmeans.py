@@ -65,6 +65,9 @@ def kmeans(
         raise ValueError(f"n_init={n_init} needs init='k-means++' (the other inits are deterministic)")
     B, N, D = points.shape
     dtype = torch.float64 if points.dtype == torch.float64 else torch.float32
+    if N == 0:  # no point to seed from anywhere
+        labels = torch.empty(B, 0, dtype=torch.int64, device=points.device)
+        return KMeansResult(points.new_zeros(B, k, D), labels, torch.zeros(B, dtype=dtype, device=points.device), 0)
     x = points.to(dtype).contiguous()  # [B, N, D]; no copy for contiguous float32
     valid = torch.ones(B, N, dtype=torch.bool, device=x.device) if valid is None else valid.to(torch.bool)
     n = valid.sum(1)  # [B]
