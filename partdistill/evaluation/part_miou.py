@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from partdistill.data.catalog import Metadata
-from partdistill.evaluation.samples import Prediction, class_space, object_samples
+from partdistill.evaluation.samples import Prediction, class_space, scored_pixels
 
 MAPPINGS = ("majority", "hungarian", "identity")
 
@@ -47,18 +47,11 @@ class PartMIoUEvaluator:
     def process(self, inputs: Sequence[dict], outputs: Sequence[Prediction]) -> None:
         """Adds a batch: dataset records and the prediction for each (one bincount for the batch)."""
         classes, rows, cols = [], [], []
-        for record, prediction in zip(inputs, outputs):
-            samples = object_samples(record, self.parts_of, self.to_class)
-            if not samples:
-                continue
-            labels = prediction.label_map()
-            for sample in samples:
-                inside = sample.mask
-                gt = sample.part_map[inside]
-                cols.append(np.where(gt == sample.num_parts, self.max_parts, gt))
-                rows.append(sample.crop(labels)[inside] + 1)
-                classes.append(np.full(len(gt), sample.object_class, np.int64))
-                self.objects[sample.object_class] += 1
+        for sample, predicted, gt in scored_pixels(inputs, outputs, self.parts_of, self.to_class):
+            cols.append(np.where(gt == sample.num_parts, self.max_parts, gt))
+            rows.append(predicted + 1)
+            classes.append(np.full(len(gt), sample.object_class, np.int64))
+            self.objects[sample.object_class] += 1
         if not rows:
             return
         row, col, cls = np.concatenate(rows), np.concatenate(cols), np.concatenate(classes)

@@ -6,6 +6,7 @@ box so the work is proportional to object pixels, not image pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -100,3 +101,17 @@ def object_samples(record: dict, parts_of: dict[int, list[int]], to_class: dict[
         samples.append(ObjectSample(cls, (int(y0), int(y1), int(x0), int(x1)), mask, part_map,
                                     np.stack(part_masks), np.array(local_ids), len(class_parts)))
     return samples
+
+
+def scored_pixels(
+    inputs: Sequence[dict], outputs: Sequence[Prediction], parts_of: dict[int, list[int]], to_class: dict[int, int]
+) -> Iterator[tuple[ObjectSample, np.ndarray, np.ndarray]]:
+    """Per scored object: (sample, predicted label of each object pixel (-1 = none), its GT local part
+    (sample.num_parts = in no GT part)). The label map of an image is made once, for all its objects."""
+    for record, prediction in zip(inputs, outputs):
+        samples = object_samples(record, parts_of, to_class)
+        if not samples:
+            continue
+        labels = prediction.label_map()
+        for sample in samples:
+            yield sample, sample.crop(labels)[sample.mask], sample.part_map[sample.mask]

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from partdistill.data.catalog import Metadata
-from partdistill.evaluation.samples import Prediction, class_space, object_samples
+from partdistill.evaluation.samples import Prediction, class_space, scored_pixels
 
 
 class SupervisedMIoUEvaluator:
@@ -49,17 +49,10 @@ class SupervisedMIoUEvaluator:
         """Adds a batch: dataset records and the prediction for each (one bincount for the batch)."""
         background = len(self.part_names)
         rows, cols = [], []
-        for record, prediction in zip(inputs, outputs):
-            samples = object_samples(record, self.parts_of, self.to_class)
-            if not samples:
-                continue
-            labels = prediction.label_map()
-            for sample in samples:
-                inside = sample.mask
-                cols.append(self.local_to_global[sample.object_class][sample.part_map[inside]])
-                pred = sample.crop(labels)[inside]
-                rows.append(np.where((pred >= 0) & (pred < background), pred, background))
-                self.objects += 1
+        for sample, pred, gt in scored_pixels(inputs, outputs, self.parts_of, self.to_class):
+            cols.append(self.local_to_global[sample.object_class][gt])
+            rows.append(np.where((pred >= 0) & (pred < background), pred, background))
+            self.objects += 1
         if not rows:
             return
         n = background + 1
