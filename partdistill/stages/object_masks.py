@@ -10,8 +10,7 @@ ground-truth object instead, where the data set has them (the synthetic data, su
 """
 from __future__ import annotations
 
-import logging
-import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -21,33 +20,10 @@ from tqdm import tqdm
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import ImageRecords, collate
-from partdistill.plan import ConfigError
-from partdistill.store import Store, class_key, partition_records
+from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
+from partdistill.store import Store, class_key
 
-log = logging.getLogger(__name__)
 STAGE = "object_masks"
-
-
-def device_of(cfg: DictConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def partitions_to_run(stage: DictConfig) -> list[int]:
-    """Partition `stage.partition`, or all of 0..P-1 when it is null."""
-    total = stage.num_partitions
-    if stage.partition is None:
-        return list(range(total))
-    if not 0 <= stage.partition < total:
-        raise ConfigError(f"stage.partition={stage.partition} is outside 0..{total - 1} (stage.num_partitions={total})")
-    return [stage.partition]
-
-
-def model_identity(cfg: DictConfig) -> dict:
-    """The model's part of a store identity; the seed sets the weights of a model built from config."""
-    return {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "weights": cfg.model.weights,
-            "seed": cfg.seed if cfg.model.pretrained is None and cfg.model.weights is None else None}
 
 
 def identity(cfg: DictConfig) -> dict:
@@ -66,7 +42,8 @@ def store_record(record: dict, height: int, width: int, objects: list[dict]) -> 
     }
 
 
-def _gt_objects(records: list[dict], shard, counts: dict) -> None:
+def _gt_objects(records: list[dict], shard) -> Counter:
+    counts = Counter()
     for record in tqdm(records, desc="ground-truth objects", unit="img", disable=None):
         objects = [{"segmentation": a["segmentation"], "score": 1.0, "category_id": a["category_id"]}
                    for a in record.get("annotations", [])]
@@ -77,11 +54,13 @@ def _gt_objects(records: list[dict], shard, counts: dict) -> None:
         else:
             shard.skip(record["file_name"], "no ground-truth object")
             counts["skipped"] += 1
+    return counts
 
 
-def _model_objects(cfg: DictConfig, model, records: list[dict], shard, counts: dict) -> None:
+def _model_objects(cfg: DictConfig, model, records: list[dict], shard) -> Counter:
     from partdistill.models.mask2former import preprocess, top_instances
 
+    counts = Counter()
     s, device = cfg.stage, device_of(cfg)
     loader = torch.utils.data.DataLoader(ImageRecords(records), batch_size=s.batch_size,
                                          num_workers=cfg.data.num_workers, collate_fn=collate)
@@ -105,34 +84,20 @@ def _model_objects(cfg: DictConfig, model, records: list[dict], shard, counts: d
             shard.add(store_record(sample["record"], height, width, [obj]))
             counts["images"] += 1
             counts["objects"] += 1
+    return counts
 
 
 def run(cfg: DictConfig) -> dict:
     s = cfg.stage
-    start = time.perf_counter()
     records = catalog.load(cfg.data.train, project_root())
     store = Store(Path(cfg.run_dir) / "store", STAGE, s.num_partitions, identity(cfg))
-    model = None
-    if s.source.value == "model":
+    if s.source.value == "gt":
+        result = run_partitions(store, s, records, lambda index, part, shard: _gt_objects(part, shard))
+    else:
         from partdistill.models.mask2former import build_model
 
         model = build_model(cfg.model).eval().to(device_of(cfg))
-    counts = {"images": 0, "objects": 0, "skipped": 0}
-    written = 0
-    for index in partitions_to_run(s):
-        if store.is_complete(index):
-            log.info("%s: partition %d of %d is complete: skipped", STAGE, index, s.num_partitions)
-            continue
-        part = partition_records(records, index, s.num_partitions)
-        with store.write_shard(index, classes=sorted({class_key(r) for r in part})) as shard:
-            if model is None:
-                _gt_objects(part, shard, counts)
-            else:
-                _model_objects(cfg, model, part, shard, counts)
-        written += 1
-    result = {**counts, "partitions_written": written, "incomplete": len(store.incomplete()),
-              "seconds": round(time.perf_counter() - start, 1)}
-    print(f"{STAGE}: {counts['images']} images, {counts['objects']} objects, {counts['skipped']} skipped, "
-          f"{written} partition(s) written, {result['incomplete']} incomplete, {result['seconds']} s "
-          f"-> {Path(cfg.run_dir) / 'store' / STAGE}")
+        result = run_partitions(store, s, records, lambda index, part, shard: _model_objects(cfg, model, part, shard))
+    result = {"images": 0, "objects": 0, "skipped": 0, **result}
+    print_summary(store, result, f"{result['images']} images, {result['objects']} objects, {result['skipped']} skipped")
     return result

@@ -13,7 +13,7 @@ smooths the labels with a dense CRF (pydensecrf2) at the model's input resolutio
 from __future__ import annotations
 
 import logging
-import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,8 @@ from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import ImageRecords, collate
 from partdistill.models.grouping import GroupingParams, group_objects
-from partdistill.stages.object_masks import device_of, model_identity, partitions_to_run
-from partdistill.store import Store, class_key, partition_records
+from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
+from partdistill.store import Store, class_key
 
 log = logging.getLogger(__name__)
 STAGE = "pixel_grouping"
@@ -69,7 +69,7 @@ def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: to
     s, device = cfg.stage, device_of(cfg)
     params = GroupingParams(k=s.kmeans.k, metric=s.metric.value, iters=s.kmeans.iters, tol=s.kmeans.tol,
                             init=s.kmeans.init, n_init=s.kmeans.n_init)
-    counts = {"images": 0, "objects": 0, "too_small": 0}
+    counts = Counter()
     loader = torch.utils.data.DataLoader(ImageRecords(items), batch_size=s.batch_size,
                                          num_workers=cfg.data.num_workers, collate_fn=collate)
     for readable, skipped in tqdm(loader, desc="pixel grouping", unit="batch", disable=None):
@@ -120,30 +120,20 @@ def run(cfg: DictConfig) -> dict:
         require_dense_crf()
     if s.evaluate:
         return evaluate_grouping(cfg)
-    start = time.perf_counter()
     store_root = Path(cfg.run_dir) / "store"
     upstream = Store.open(store_root, UPSTREAM)
     store = Store(store_root, STAGE, s.num_partitions, identity(cfg, upstream.hash))
     model = build_model(cfg.model).eval().to(device_of(cfg))
-    records = catalog.load(cfg.data.train, project_root())
-    totals = {"images": 0, "objects": 0, "too_small": 0}
-    written = 0
-    for index in partitions_to_run(s):
-        if store.is_complete(index):
-            log.info("%s: partition %d of %d is complete: skipped", STAGE, index, s.num_partitions)
-            continue
-        classes = {class_key(r) for r in partition_records(records, index, s.num_partitions)}
-        items = list(upstream.records(classes=classes))
+
+    def write(index: int, part: list[dict], shard) -> Counter:
+        items = list(upstream.records(classes={class_key(r) for r in part}))
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + index)  # the same shard on every rerun
-        with store.write_shard(index, classes=sorted(classes)) as shard:
-            counts = _group_shard(cfg, model, items, shard, generator)
-        totals = {k: totals[k] + counts[k] for k in totals}
-        written += 1
-    result = {**totals, "partitions_written": written, "incomplete": len(store.incomplete()),
-              "seconds": round(time.perf_counter() - start, 1)}
-    print(f"{STAGE}: {totals['images']} images, {totals['objects']} objects grouped, {totals['too_small']} too small "
-          f"to group, {written} partition(s) written, {result['incomplete']} incomplete, {result['seconds']} s "
-          f"-> {store_root / STAGE}")
+        return _group_shard(cfg, model, items, shard, generator)
+
+    result = {"images": 0, "objects": 0, "too_small": 0,
+              **run_partitions(store, s, catalog.load(cfg.data.train, project_root()), write)}
+    print_summary(store, result, f"{result['images']} images, {result['objects']} objects grouped, "
+                                 f"{result['too_small']} too small to group")
     return result
 
 

@@ -1,0 +1,63 @@
+"""What the partitioned stages share: the device, the partitions to run, the shard loop, the summary.
+
+Stages never import each other; shared mechanics live here, and stages meet only through the store.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from partdistill.plan import ConfigError
+from partdistill.store import Store, class_key, partition_records
+
+log = logging.getLogger(__name__)
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def model_identity(cfg: DictConfig) -> dict:
+    """The model's part of a store identity; the seed sets the weights of a model built from config."""
+    return {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "weights": cfg.model.weights,
+            "seed": cfg.seed if cfg.model.pretrained is None and cfg.model.weights is None else None}
+
+
+def partitions_to_run(stage: DictConfig) -> list[int]:
+    """Partition `stage.partition`, or all of 0..P-1 when it is null."""
+    total = stage.num_partitions
+    if stage.partition is None:
+        return list(range(total))
+    if not 0 <= stage.partition < total:
+        raise ConfigError(f"stage.partition={stage.partition} is outside 0..{total - 1} (stage.num_partitions={total})")
+    return [stage.partition]
+
+
+def run_partitions(store: Store, stage: DictConfig, records: list[dict],
+                   write: Callable[[int, list[dict], object], Counter]) -> dict:
+    """Writes every selected partition that is not complete yet: `write(index, its records, shard)`
+    fills one shard and returns its counts. Returns the summed counts and the shards written."""
+    start, counts, written = time.perf_counter(), Counter(), 0
+    for index in partitions_to_run(stage):
+        if store.is_complete(index):
+            log.info("%s: partition %d of %d is complete: skipped", store.stage, index, stage.num_partitions)
+            continue
+        part = partition_records(records, index, stage.num_partitions)
+        with store.write_shard(index, classes=sorted({class_key(r) for r in part})) as shard:
+            counts.update(write(index, part, shard))
+        written += 1
+    return {**counts, "partitions_written": written, "incomplete": len(store.incomplete()),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def print_summary(store: Store, result: dict, counted: str) -> None:
+    """One line: what this run counted, the shards it wrote, and what is still missing."""
+    print(f"{store.stage}: {counted}, {result['partitions_written']} partition(s) written, "
+          f"{result['incomplete']} incomplete, {result['seconds']} s -> {store.folder}")
