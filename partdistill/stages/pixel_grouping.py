@@ -12,7 +12,6 @@ smooths the labels with a dense CRF (pydensecrf2) at the model's input resolutio
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from partdistill.models.grouping import GroupingParams, group_objects
 from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
 from partdistill.store import Store, class_key
 
-log = logging.getLogger(__name__)
 STAGE = "pixel_grouping"
 UPSTREAM = "object_masks"
 
