@@ -2,8 +2,13 @@
 
     python launch.py --help
     python launch.py experiment=paper stage=pixel_grouping dry_run=true
+    python launch.py -m hydra/launcher=slurm stage=pixel_grouping stage.partition=incomplete
+
+`stage.partition=all|incomplete` is expanded here, before Hydra parses (partdistill/sweeps.py).
 """
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -31,5 +36,20 @@ def main(cfg: DictConfig) -> None:
         stages.run(cfg)
 
 
+def expand_shorthands() -> None:
+    """`stage.partition=all|incomplete` -> the partitions they stand for (partdistill/sweeps.py)."""
+    if not any(arg in ("stage.partition=all", "stage.partition=incomplete") for arg in sys.argv[1:]):
+        return
+    from partdistill import plan, sweeps
+
+    with plan.exit_on_user_error():
+        try:
+            sys.argv = sweeps.expand(sys.argv)
+        except sweeps.NothingToRun as done:
+            print(done)
+            sys.exit(0)
+
+
 if __name__ == "__main__":
+    expand_shorthands()
     main()

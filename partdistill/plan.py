@@ -138,7 +138,8 @@ def _jobs(name: str, stage: DictConfig) -> str:
             return f"partition {stage.partition} of {total}: 1 job of {per_job}"
         return (
             f"{total} partition(s): here one after another; as a SLURM job array of {total} tasks with "
-            f"-m hydra/launcher=slurm 'stage.partition=range(0,{total})', each {per_job}"
+            f"-m hydra/launcher=slurm stage.partition=all (= 'stage.partition=range(0,{total})'), each {per_job}; "
+            f"stage.partition=incomplete submits only the partitions not complete in the store"
         )
     if "solver" in stage:
         solver = stage.solver

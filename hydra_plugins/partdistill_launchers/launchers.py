@@ -1,27 +1,69 @@
-"""Launchers that check every job of a sweep before the first one runs or is submitted.
+"""partdistill's launchers: `hydra/launcher=local` (this process) and `hydra/launcher=slurm` (submitit).
 
-Hydra composes each job's config only inside the launcher, so this is the one place where a
-sweep (`-m data=imagenet_1k,imagenet_22k`, a 40-task array) can be refused as a whole: a missing
-dataset or stage stops the sweep here with one message, instead of as many failed jobs.
+Both check every job of a sweep before the first one runs or is submitted. Hydra composes each
+job's config only inside the launcher, so this is the one place where a sweep (`-m
+data=imagenet_1k,imagenet_22k`, a 40-task array) can be refused as a whole: a missing dataset or
+stage stops the sweep here with one message, instead of as many failed jobs.
+
+On top of hydra-submitit-launcher's SLURM launcher, `SubmititSlurmLauncher`:
+  * snapshots what a queued job runs: each job's config is composed at submission and pickled
+    with the job (editing conf/ while jobs wait changes nothing), and the `partdistill` package,
+    conf/ and datasets/metadata are copied to `<sweep dir>/.snapshot/<date>-<time>-<pid>/`, which
+    the jobs import from (`hydra.launcher.snapshot=false` runs the installed code instead);
+  * asks SLURM first (`sbatch --test-only`) whether the request can ever run: a wrong partition or
+    more CPUs, memory or GPUs than any node has stops the sweep at once with sbatch's message; a
+    job accepted anyway but pending for a reason that never clears (a time limit above the
+    partition's, where SLURM does not enforce partition limits at submission) is cancelled at once;
+  * prints the job (array) id, where the logs go and how to watch and cancel;
+  * on SLURM's signal (preemption, or `signal_delay_s` before the time limit) calls
+    `partdistill.engine.preemption.request_save()` in the job, then requeues the same job with
+    the same overrides into the same output folder (at most `max_num_timeout` times);
+  * ends the sweep with one report naming each job that failed or died without a result (its
+    job id, state, log files) and, for a partitioned stage, the command that resubmits only the
+    incomplete partitions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.utils import JobReturn
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hydra_plugins.partdistill_launchers.config import OWN_KEYS
+from partdistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_ITEMS = ("partdistill", "conf", "datasets/README.md", "datasets/metadata")
 
 
 class _CheckSweepFirst:
     """Mixin for a Hydra launcher: `plan.preflight` over all job configs, then the real launch."""
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def _check_sweep(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
         from partdistill import plan  # lazy: plugin discovery imports this module
 
         configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(o)) for o in job_overrides]
         with plan.exit_on_user_error():
             plan.preflight([cfg for cfg in configs if not cfg.dry_run])
+        return configs
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        self._check_sweep(job_overrides)
         return super().launch(job_overrides, initial_job_idx)
 
 
@@ -29,5 +71,361 @@ class LocalLauncher(_CheckSweepFirst, BasicLauncher):
     """Runs the jobs in this process, one after another."""
 
 
+class SubmissionError(UserError):
+    """SLURM refused the sweep at submission (nothing was queued)."""
+
+
+# -- parameters ---------------------------------------------------------------------------------
+
+
+def executor_parameters(params: Dict[str, Any]) -> tuple[Dict[str, Any], Dict[str, Any]]:
+    """(AutoExecutor keyword arguments, update_parameters keyword arguments) for the launcher's settings.
+
+    The plugin's mapping (`max_num_timeout` and the folder go to the executor, the shared keys keep
+    their names, the others get the `slurm_` prefix), with fixes for what sbatch refuses:
+    `gpus_per_node: 0` asks for no GPUs rather than `--gpus-per-node=0`; `mem_per_gpu` applies only
+    with GPUs (CPU jobs take `mem_gb`, or the cluster's default) and gives way to an explicit
+    `mem_gb` or `mem_per_cpu` (sbatch takes only one of them).
+    """
+    params = dict(params)
+    for key in OWN_KEYS:
+        params.pop(key, None)
+    init = {"folder": params.pop("submitit_folder"), "cluster": "slurm"}
+    if "max_num_timeout" in params:
+        init["slurm_max_num_timeout"] = params.pop("max_num_timeout")
+    if not params.get("gpus_per_node"):
+        params["gpus_per_node"] = None
+        params.pop("mem_per_gpu", None)
+    if params.get("mem_gb") is not None or params.get("mem_per_cpu") is not None:
+        params.pop("mem_per_gpu", None)  # sbatch takes one of --mem, --mem-per-cpu, --mem-per-gpu
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    update = {key if key in shared else f"slurm_{key}": value for key, value in params.items()
+              if value is not None or key in shared}
+    return init, update
+
+
+def job_setup_lines(snapshot: Optional[Path], root: Path) -> List[str]:
+    """Shell lines the job runs before srun (after the user's `setup`)."""
+    lines = [
+        "# partdistill: one thread per allotted CPU unless set (SLURM does not set it; torch would use every core)",
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
+        "# partdistill: the dataset root of the submission (the snapshot's own folder is no dataset root)",
+        f"export PART_DISTILLATION_ROOT={shlex.quote(str(root))}",
+    ]
+    if snapshot is not None:
+        lines += [
+            "# partdistill: run the code snapshotted at submission",
+            f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        ]
+    return lines
+
+
+def snapshot_folder(sweep_dir: Path) -> Path:
+    """`<sweep_dir>/.snapshot/<date>-<time>-<pid>`: one per submission, so that a later submission into the
+    same sweep folder never changes what the earlier, maybe still queued, jobs run."""
+    return sweep_dir / ".snapshot" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def take_snapshot(target: Path) -> Path:
+    """Copies the partdistill package, conf/ and the datasets' metadata to `target` (atomically)."""
+    from partdistill.config.resolver import CHECKOUT
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp-*")
+    for item in SNAPSHOT_ITEMS:
+        src = CHECKOUT / item
+        if src.is_dir():
+            shutil.copytree(src, tmp / item, ignore=ignore)
+        elif src.is_file():
+            (tmp / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / item)
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, target)
+    return target
+
+
+def sbatch_test_only(executor: Any, num_jobs: int) -> None:
+    """`sbatch --test-only` on the batch script submitit would submit: SLURM says now whether the request
+    can ever run (partition, CPUs, memory, GPUs, time limit), whatever EnforcePartLimits says."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    slurm = executor._executor  # the SlurmExecutor inside the AutoExecutor
+    parameters = dict(slurm.parameters)
+    if num_jobs > 1:
+        parameters["map_count"] = num_jobs
+    text = _make_sbatch_string(command="true", folder=slurm.folder, **parameters)
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="partdistill-test-only-") as script:
+        script.write(text)
+        script.flush()
+        try:
+            out = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise SubmissionError("partdistill: sbatch was not found: hydra/launcher=slurm needs the SLURM "
+                                  "client commands on PATH (or use hydra/launcher=local)") from None
+        except subprocess.TimeoutExpired:
+            raise SubmissionError("partdistill: `sbatch --test-only` got no answer in 60 s: is slurmctld up? "
+                                  "(sinfo)") from None
+    if out.returncode != 0:
+        raise SubmissionError(_refusal(out.stderr.strip() or out.stdout.strip(), parameters))
+
+
+def _refusal(sbatch_error: str, parameters: Dict[str, Any]) -> str:
+    keys = ("partition", "nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node", "mem", "mem_per_gpu",
+            "mem_per_cpu", "time")
+    asked = ", ".join(f"{k}={parameters[k]}" for k in keys if parameters.get(k) is not None)
+    lines = [
+        "partdistill: SLURM refused this sweep at submission; nothing was queued.",
+        "SLURM says:",
+        *[f"  {line}" for line in sbatch_error.splitlines()],
+        f"asked for: {asked or 'the cluster defaults'} (time in minutes)",
+        "See the partitions and what their nodes have with: sinfo -o '%P %D %c %m %G %l'",
+        "and change the request with hydra.launcher.partition=..., hydra.launcher.cpus_per_task=..., "
+        "hydra.launcher.mem_gb=..., hydra.launcher.gpus_per_node=..., hydra.launcher.timeout_min=...",
+    ]
+    return "\n".join(lines)
+
+
+# pending reasons that no amount of waiting resolves: the job asks for more than its partition, QOS or
+# account allows (clusters without EnforcePartLimits accept such jobs and leave them pending forever)
+HOPELESS_REASONS = (
+    "PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS",
+    "AccountNotAllowed", "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob",
+    "QOSMaxMemoryPerJob", "QOSMaxNodePerJobLimit", "QOSMinGRES", "QOSMinCpuNotSatisfied",
+)
+
+
+def refuse_hopeless(job_id: str, parameters: Dict[str, Any], checks: int = 3, interval_s: float = 1.5) -> None:
+    """Cancels the just-submitted job (array) and raises SubmissionError if SLURM says it can never start.
+
+    Looks at the pending reasons a few times (the scheduler refines them in its first cycles); returns
+    at once when no task is pending.
+    """
+    for attempt in range(checks):
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i|%t|%r"], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        rows = [line.split("|", 2) for line in out.stdout.splitlines() if line.count("|") == 2]
+        pending = [(jid, reason) for jid, state, reason in rows if state == "PD"]
+        hopeless = sorted({reason for _, reason in pending if reason in HOPELESS_REASONS})
+        if hopeless:
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+            raise SubmissionError(_refusal(
+                f"the job was accepted but can never start (pending reason: {', '.join(hopeless)}); "
+                f"partdistill cancelled job {job_id}", parameters).replace("nothing was queued", "nothing will run"))
+        if not pending:
+            return
+        if attempt + 1 < checks:
+            time.sleep(interval_s)
+
+
+def accounting_works() -> bool:
+    """Whether `sacct` answers; without it a job that dies without a result is never noticed by submitit."""
+    try:
+        out = subprocess.run(["sacct", "-o", "JobID,State", "--parsable2", "-j", "1"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def ensure_job_states() -> None:
+    """Makes sure submitit can learn job states: without accounting (no slurmdbd) `sacct` fails, and a job
+    that dies without a result would leave the sweep waiting forever. Then scripts/sacct_shim/sacct, which
+    answers submitit's query from `scontrol`, goes first on this process's PATH."""
+    if accounting_works():
+        return
+    from partdistill.config.resolver import CHECKOUT
+
+    shim = CHECKOUT / "scripts" / "sacct_shim"
+    if (shim / "sacct").is_file() and os.access(shim / "sacct", os.X_OK):
+        os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
+        if accounting_works():
+            log.info(f"sacct does not answer (no SLURM accounting): job states come from scontrol through {shim}/sacct")
+            return
+    log.warning("sacct does not answer (no SLURM accounting?): a job that dies without a result would leave this "
+                f"sweep waiting. Put partdistill's stand-in first on PATH: export PATH={shim}:$PATH")
+
+
+# -- the launcher ---------------------------------------------------------------------------------
+
+
 class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
     """Submits the jobs to SLURM through submitit (a sweep becomes one job array)."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+        from submitit.core.utils import FailedJobError
+
+        from partdistill import plan
+        from partdistill.config.resolver import project_root
+
+        assert self.config is not None and self.hydra_context is not None
+        configs = self._check_sweep(job_overrides)
+        if all(cfg.dry_run for cfg in configs):  # a dry run submits nothing: print the plans here
+            return BasicLauncher.launch(self, job_overrides, initial_job_idx)
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+
+        init, update = executor_parameters(self.params)
+        snapshot = snapshot_folder(sweep_dir) if self.params.get("snapshot", True) else None
+        update["slurm_setup"] = list(update.get("slurm_setup") or []) + job_setup_lines(snapshot, project_root())
+        if snapshot is not None and sys.version_info >= (3, 11):
+            # -P: the submission directory does not go first on sys.path, so the snapshot's code is the
+            # one imported even when sweeps are launched from the checkout itself
+            init["slurm_python"] = f"{shlex.quote(sys.executable)} -P"
+        executor = submitit.AutoExecutor(**init)
+        executor.update_parameters(**update)
+
+        job_params: List[Any] = []
+        for idx, (overrides, cfg) in enumerate(zip(job_overrides, configs)):
+            idx = initial_job_idx + idx
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            # the plugin's arguments, plus the job's config as composed now (see __call__)
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state(),
+                               cfg))
+
+        ensure_job_states()
+        with plan.exit_on_user_error():
+            sbatch_test_only(executor, len(job_params))
+            if snapshot is not None:
+                take_snapshot(snapshot)
+            try:
+                jobs = executor.map_array(self, *zip(*job_params))
+            except FailedJobError as exc:
+                raise SubmissionError(_refusal(str(exc).strip(), executor._executor.parameters)) from None
+            refuse_hopeless(jobs[0].job_id.split("_")[0], executor._executor.parameters)
+        self._announce(jobs, sweep_dir)
+        return self._collect(jobs, job_overrides, configs, initial_job_idx)
+
+    # -- inside the job ---------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        sweep_overrides: List[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: Dict[type, Singleton],
+        sweep_config: Optional[DictConfig] = None,
+    ) -> JobReturn:
+        """Runs one job of the sweep inside SLURM, with the config composed at submission."""
+        if sweep_config is None:  # pickled by an older version: compose from conf/ as the plugin does
+            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        import submitit
+
+        import partdistill
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        print(f"partdistill: running the code in {Path(partdistill.__file__).parent} with the config composed at "
+              "submission", file=sys.stderr, flush=True)
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        config = copy.deepcopy(sweep_config)
+        OmegaConf.copy_cache(from_config=self.config, to_config=config)  # ${now:...} as at submission
+        with open_dict(config.hydra.job) as job:
+            job.id = submitit.JobEnvironment().job_id
+            config.hydra.job.num = job_num
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit on SLURM's signal (preemption or time limit), in global rank 0 only.
+
+        Asks the running stage to save (`partdistill.engine.preemption.request_save()`), then returns
+        the same call, which submitit pickles and requeues: the same job id, overrides, snapshot and
+        output folder. Stages resume from what they saved; partitioned stages skip complete shards.
+        """
+        from partdistill.engine import preemption
+
+        registered = len(preemption.callbacks())
+        saved = preemption.request_save()
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID", "?")
+        if os.environ.get("SLURM_ARRAY_TASK_ID"):
+            job_id += f"_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        overrides = " ".join(filter_overrides(args[0])) if args else ""
+        message = (f"partdistill: SLURM signalled job {job_id}: {saved} of {registered} save-now callback(s) saved; "
+                   f"requeueing it with the same overrides ({overrides}) into the same output folder")
+        print(message, file=sys.stderr, flush=True)
+        log.warning(message)
+        return super().checkpoint(*args, **kwargs)
+
+    # -- in the submitting process ----------------------------------------------------------------
+
+    def _announce(self, jobs: Sequence[Any], sweep_dir: Path) -> None:
+        folder = Path(str(self.params["submitit_folder"]))
+        first = jobs[0]
+        if len(jobs) > 1:
+            array_id = first.job_id.split("_")[0]
+            what = f"SLURM job array {array_id} ({len(jobs)} tasks: {jobs[0].job_id} .. {jobs[-1].job_id})"
+        else:
+            array_id = first.job_id
+            what = f"SLURM job {array_id}"
+        lines = [
+            f"partdistill: submitted {what}; outputs in {sweep_dir}/<job number>",
+            f"  logs:   {folder} (%j = job id), e.g. {first.paths.stdout} and {first.paths.stderr.name}",
+            f"  watch:  squeue -j {array_id}    tail -f {first.paths.stdout}",
+            f"  cancel: scancel {array_id}      (this command waits for the jobs; Ctrl-C stops waiting, "
+            "the jobs keep running)",
+        ]
+        print("\n".join(lines), flush=True)
+
+    def _collect(self, jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], configs: list[DictConfig],
+                 initial_job_idx: int) -> list[JobReturn]:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        from partdistill import plan
+
+        results: list[JobReturn] = []
+        problems: list[str] = []
+        try:
+            for num, (job, overrides) in enumerate(zip(jobs, job_overrides), start=initial_job_idx):
+                what = f"job {job.job_id} (#{num}: {' '.join(filter_overrides(overrides)) or 'no overrides'})"
+                logs = f"log: {job.paths.stdout} (errors: {job.paths.stderr})"
+                try:
+                    ret = job.results()[0]
+                except UncompletedJobError:  # no result file: cancelled, killed, out of memory, node failure
+                    state = job.watcher.get_state(job.job_id, mode="force")
+                    problems.append(f"{what} ended without a result (SLURM state {state}); {logs}")
+                    continue
+                except FailedJobError as exc:  # submitit's own failure: unpickling, too many requeues...
+                    last = [line for line in str(exc).strip().splitlines() if line.strip()]
+                    problems.append(f"{what} failed in submitit: {last[-1] if last else 'no message'}; {logs}")
+                    continue
+                if ret.status == JobStatus.FAILED:
+                    error = ret._return_value
+                    problems.append(f"{what} failed: {type(error).__name__}: {error}; {logs}")
+                results.append(ret)
+        except KeyboardInterrupt:
+            array_id = jobs[0].job_id.split("_")[0]
+            print(f"\npartdistill: stopped waiting; the jobs keep running (squeue -j {array_id}; "
+                  f"scancel {array_id} to cancel them)", file=sys.stderr)
+            sys.exit(130)
+        if problems:
+            lines = [f"partdistill: {len(problems)} of {len(jobs)} SLURM job(s) of this sweep did not complete:"]
+            lines += [f"  {p}" for p in problems]
+            if any(cfg.stage.name in plan.PARTITIONED for cfg in configs):
+                lines.append("Complete shards are kept. After fixing the cause, resubmit only the incomplete "
+                             "partitions:")
+                lines.append(f"  {resubmit_command(sys.argv)}")
+            print("\n".join(lines), file=sys.stderr, flush=True)
+            if all(cfg.stage.name == "evaluate" for cfg in configs):  # the table lists the failed jobs too
+                from partdistill.evaluation.summary import write_summary
+
+                print(write_summary(Path(str(self.config.hydra.sweep.dir))), flush=True)
+            sys.exit(1)
+        return results
+
+
+def resubmit_command(argv: Sequence[str]) -> str:
+    """The launching command with `stage.partition=...` replaced by `stage.partition=incomplete`."""
+    args = [a for a in argv[1:] if not a.startswith("stage.partition=") and not a.startswith("hydra.sweep.dir=")]
+    if not any(a in ("-m", "--multirun") for a in args):
+        args.insert(0, "-m")
+    script = argv[0] if argv else "launch.py"
+    return shlex.join(["python", script, *args, "stage.partition=incomplete"])

@@ -1,0 +1,91 @@
+"""Save-now requests for a job that SLURM is about to stop (preemption or its time limit).
+
+On SLURM, `hydra/launcher=slurm` runs each job under submitit. SLURM sends the job SIGUSR2
+`hydra.launcher.signal_delay_s` seconds before its time limit, and `scancel --signal=USR2 ID`
+(or a preempting scheduler) sends the same signal. submitit then calls the launcher's
+`checkpoint()` in the job's main process (global rank 0 only), which calls `request_save()`
+here before it requeues the job with the same overrides into the same output folder.
+
+A stage with state worth saving registers its save-now while it runs:
+
+    from partdistill.engine import preemption
+
+    with preemption.registered(lambda: trainer.save_checkpoint(atomic=True)):
+        trainer.train()             # resumes from its last checkpoint when requeued
+
+The callbacks run inside the signal handler, between two Python bytecodes of the running
+stage: they must write atomically (temporary file + rename) and not wait on other ranks. A
+stage that prefers to save at a safe point can poll `save_requested()` instead (and register
+nothing, or a callback that only records the request). Partitioned stages register nothing:
+the store keeps complete shards, drops the shard in flight, and a rerun skips complete shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], object]
+_callbacks: list[Callback] = []
+_requested = False
+
+
+def on_preemption(callback: Callback) -> Callback:
+    """Registers `callback` (no arguments) to run on `request_save()`; returns it (usable as a decorator)."""
+    if not callable(callback):
+        raise TypeError(f"on_preemption needs a callable, got {type(callback).__name__}")
+    _callbacks.append(callback)
+    return callback
+
+
+def remove(callback: Callback) -> None:
+    """Unregisters `callback` (no error if it is not registered)."""
+    with contextlib.suppress(ValueError):
+        _callbacks.remove(callback)
+
+
+@contextlib.contextmanager
+def registered(callback: Callback) -> Iterator[Callback]:
+    """`with registered(save_now):` keeps `save_now` registered for the duration of the block."""
+    on_preemption(callback)
+    try:
+        yield callback
+    finally:
+        remove(callback)
+
+
+def callbacks() -> list[Callback]:
+    """The registered callbacks, in registration order (a copy)."""
+    return list(_callbacks)
+
+
+def save_requested() -> bool:
+    """Whether `request_save()` was called in this process (the job is about to stop)."""
+    return _requested
+
+
+def request_save() -> int:
+    """Runs every registered callback, in order; returns how many ran without error.
+
+    A failing callback is logged with its traceback and the others still run: the job is
+    requeued anyway and resumes from the last checkpoint that was written completely.
+    """
+    global _requested
+    _requested = True
+    saved = 0
+    for callback in list(_callbacks):
+        try:
+            callback()
+            saved += 1
+        except Exception:  # noqa: BLE001 - the requeue must happen whatever a save does
+            log.exception("preemption: the save-now callback %r failed", callback)
+    return saved
+
+
+def reset() -> None:
+    """Forgets every callback and the request (tests; a process that runs several stages)."""
+    global _requested
+    _callbacks.clear()
+    _requested = False

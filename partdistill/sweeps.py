@@ -1,0 +1,122 @@
+"""launch.py's partition shorthands, expanded before Hydra parses the command line.
+
+    python launch.py -m hydra/launcher=slurm stage=pixel_grouping stage.partition=all
+        -> stage.partition=range(0,P): one SLURM job array of P tasks (P = stage.num_partitions)
+    python launch.py -m hydra/launcher=slurm stage=pixel_grouping stage.partition=incomplete
+        -> stage.partition=2,7: only the partitions whose shard is not complete in the store
+           (<run_dir>/store/<stage>), e.g. after some tasks of an array failed or were cancelled
+
+The config is composed from the other overrides (Hydra's own `hydra...` overrides left out) to
+learn the stage, P and run_dir. Without -m both shorthands become `stage.partition=null`: the
+stage then runs every partition in turn in this process and skips the complete ones.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from partdistill.plan import PARTITIONED, ConfigError
+
+SHORTHAND = re.compile(r"^stage\.partition=(all|incomplete)$")
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# launch.py flags whose value is the next argument (it is not an override)
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun")
+
+
+class NothingToRun(Exception):
+    """stage.partition=incomplete found every partition complete."""
+
+
+def _overrides(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in FLAGS_WITH_VALUE:
+            skip = True
+            continue
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        if arg.lstrip("+~").startswith(("hydra.", "hydra/")) or SHORTHAND.match(arg):
+            continue
+        out.append(arg)
+    return out
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from partdistill import config
+
+    sweeps = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    if sweeps:
+        raise ConfigError(
+            f"stage.partition=all|incomplete cannot be combined with another sweep ({' '.join(sweeps)}): "
+            "run one command per value, or give the partitions yourself, e.g. 'stage.partition=range(0,P)'"
+        )
+    config.register()
+    with initialize_config_dir(str(config.CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def partitions(word: str, overrides: list[str]) -> tuple[list[int], str]:
+    """The partition indices `stage.partition=<word>` stands for, and a sentence saying why."""
+    from partdistill.store import Store
+
+    cfg = _compose(overrides)
+    stage = cfg.stage
+    if stage.name not in PARTITIONED or "num_partitions" not in stage:
+        raise ConfigError(
+            f"stage.partition={word} needs a partitioned stage ({', '.join(PARTITIONED)}); stage={stage.name} has none"
+        )
+    total = stage.num_partitions
+    if word == "all":
+        return list(range(total)), f"all {total} partitions of {stage.name}"
+    folder = Path(cfg.run_dir) / "store" / stage.name
+    if not (folder / "store.json").is_file():
+        return list(range(total)), f"no {stage.name} store at {folder} yet: all {total} partitions"
+    store = Store.open(folder.parent, stage.name)
+    if store.num_partitions != total:
+        raise ConfigError(
+            f"{folder} holds {store.num_partitions} partitions but stage.num_partitions={total}: give "
+            f"stage.num_partitions={store.num_partitions} to complete it (or another run_dir)"
+        )
+    missing = store.incomplete()
+    if not missing:
+        raise NothingToRun(f"partdistill: all {total} partitions of {stage.name} are complete in {folder}; "
+                           "nothing to run")
+    return missing, f"{len(missing)} of {total} partitions of {stage.name} are incomplete in {folder}"
+
+
+def sweep_value(indices: list[int]) -> str:
+    """`range(a,b)` for a contiguous run of two or more, else `i,j,k` (a single index: `i`)."""
+    if len(indices) > 1 and indices == list(range(indices[0], indices[-1] + 1)):
+        return f"range({indices[0]},{indices[-1] + 1})"
+    return ",".join(str(i) for i in indices)
+
+
+def expand(argv: list[str]) -> list[str]:
+    """launch.py's argv with `stage.partition=all|incomplete` replaced by what it stands for.
+
+    Raises:
+        ConfigError: the shorthand does not apply (no partitioned stage, another sweep, a store
+            with another partition count).
+        NothingToRun: `incomplete` and every partition is complete.
+    """
+    found = [i for i, arg in enumerate(argv) if i > 0 and SHORTHAND.match(arg)]
+    if not found:
+        return argv
+    word = SHORTHAND.match(argv[found[-1]]).group(1)
+    multirun = any(arg in MULTIRUN_FLAGS for arg in argv[1:])
+    if multirun:
+        indices, why = partitions(word, _overrides(argv[1:]))
+        value = sweep_value(indices)
+    else:
+        value, why = "null", "without -m, every partition in turn in this process (complete shards are skipped)"
+    print(f"partdistill: stage.partition={word} -> stage.partition={value} ({why})", file=sys.stderr)
+    out = [arg for i, arg in enumerate(argv) if i not in found]
+    return out + [f"stage.partition={value}"]
