@@ -6,12 +6,14 @@ On SLURM, `hydra/launcher=slurm` runs each job under submitit. SLURM sends the j
 `checkpoint()` in the job's main process (global rank 0 only), which calls `request_save()`
 here before it requeues the job with the same overrides into the same output folder.
 
-A stage with state worth saving registers its save-now while it runs:
+A stage with state worth saving registers its save-now while it runs; the training engine does
+this itself (`partdistill.engine.trainer.Trainer.train` registers `Trainer.save_now`, which lets
+the current step finish, saves a checkpoint and stops; a requeued job resumes from it):
 
     from partdistill.engine import preemption
 
-    with preemption.registered(lambda: trainer.save_checkpoint(atomic=True)):
-        trainer.train()             # resumes from its last checkpoint when requeued
+    with preemption.registered(trainer.save_now):
+        trainer.train()
 
 The callbacks run inside the signal handler, between two Python bytecodes of the running
 stage: they must write atomically (temporary file + rename) and not wait on other ranks. A

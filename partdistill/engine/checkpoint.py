@@ -1,0 +1,282 @@
+"""Checkpoints that a killed or requeued job resumes from exactly.
+
+A checkpoint at iteration N in `folder` is two files:
+  model-000000N.safetensors  the model's state_dict (tensors that share memory stored once);
+  state-000000N.pt           iteration, optimizer, scheduler, RNG states (python, numpy, torch,
+                             CUDA; one set per rank), sampler position and any extra state, all
+                             tensors and plain containers so `torch.load(..., weights_only=True)` reads it.
+Each is written under a temporary name, flushed to disk and renamed; the state file goes last, so
+its presence marks the checkpoint complete. Only the last `keep` complete checkpoints stay.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from partdistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_NAME = re.compile(r"^(model|state)-(\d+)\.(safetensors|pt)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    iteration: int
+    model_path: Path
+    state_path: Path
+
+    @classmethod
+    def at(cls, folder: Path | str, iteration: int) -> Checkpoint:
+        folder = Path(folder)
+        return cls(iteration, folder / f"model-{iteration:07d}.safetensors", folder / f"state-{iteration:07d}.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states as tensors and plain values (weights_only cannot unpickle numpy arrays or tuples of them)
+
+
+def rng_state() -> dict:
+    """This process's python, numpy, torch and CUDA RNG states."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what `rng_state()` returned."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            log.warning("checkpoint has CUDA RNG states for %d devices, this process sees %d: not restored",
+                        len(state["cuda"]), torch.cuda.device_count())
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Restores every RNG state afterwards, for work outside the training stream (evaluation,
+    building a DataLoader iterator, which draws its workers' base seed from torch's RNG): what a
+    resumed run does differently from the interrupted one must not shift the draws of training."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp)` fills a temporary file beside `path`, which is synced and renamed over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per process, and saves never overlap
+    try:
+        write(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a node crash
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _unique_tensors(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors for save_file, which refuses shared memory: a tensor identical to an earlier one
+    (tied weights) becomes an alias of its name; another view of a seen storage is copied."""
+    tensors, aliases, views, storages = {}, {}, {}, set()
+    for name, t in state_dict.items():
+        t = t.detach()
+        ptr = t.untyped_storage().data_ptr()
+        view = (ptr, t.device, t.dtype, t.storage_offset(), tuple(t.shape), t.stride())
+        if ptr and view in views:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        shared = ptr in storages
+        storages.add(ptr)
+        t = t.cpu()
+        tensors[name] = t.clone() if shared or not t.is_contiguous() else t
+    return tensors, aliases
+
+
+def save_model_weights(path: Path | str, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Writes `model.state_dict()` to a safetensors file atomically."""
+    tensors, aliases = _unique_tensors(model.state_dict())
+    meta = {"format": "pt", "aliases": json.dumps(aliases), **(metadata or {})}
+    _write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def save_checkpoint(folder: Path | str, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    scheduler=None, extra_state: dict | None = None, rng: list[dict] | None = None,
+                    keep: int | None = None) -> Checkpoint:
+    """Saves a checkpoint at `iteration` in `folder` and keeps only the newest `keep` (None or <= 0: all).
+
+    Args:
+        model (nn.Module): the unwrapped model (not DDP).
+        extra_state (dict): more state (sampler position, hooks), weights_only-loadable values only.
+        rng (list[dict]): `rng_state()` of each rank; None = this process's only.
+    Returns:
+        Checkpoint: the files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
+    ckpt = Checkpoint.at(folder, iteration)
+    save_model_weights(ckpt.model_path, model, {"iteration": str(iteration)})
+    state = {"format": FORMAT, "iteration": iteration,
+             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "rng": rng if rng is not None else [rng_state()], "extra": extra_state or {}}
+    _write_atomic(ckpt.state_path, lambda tmp: torch.save(state, tmp))
+    log.info("checkpoint at iteration %d saved to %s", iteration, folder)
+    _prune(folder, keep)
+    return ckpt
+
+
+def _prune(folder: Path, keep: int | None) -> None:
+    """Deletes all but the newest `keep` complete checkpoints, and model files whose save did not finish."""
+    complete = list_checkpoints(folder)
+    for ckpt in complete[keep:] if keep and keep > 0 else []:
+        ckpt.state_path.unlink(missing_ok=True)  # first: the checkpoint stops counting as complete
+        ckpt.model_path.unlink(missing_ok=True)
+    states = {c.iteration for c in complete}
+    for kind, iteration, path in _files(folder):
+        if kind == "model" and iteration not in states:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and reading
+
+
+def _files(folder: Path) -> list[tuple[str, int, Path]]:
+    found = []
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        m = _NAME.match(path.name)
+        if m and (m[1], m[3]) in {("model", "safetensors"), ("state", "pt")}:
+            found.append((m[1], int(m[2]), path))
+    return found
+
+
+def list_checkpoints(folder: Path | str) -> list[Checkpoint]:
+    """Checkpoints whose state file exists (complete by name), newest first; nothing is read."""
+    return sorted((Checkpoint.at(folder, it) for kind, it, _ in _files(Path(folder)) if kind == "state"),
+                  key=lambda c: c.iteration, reverse=True)
+
+
+def _problem(ckpt: Checkpoint) -> str | None:
+    """Why `ckpt` cannot be resumed from, or None. Reads both files' headers and the state's pickle
+    and zip directory (memory-mapped), which is where a truncated or partial file fails."""
+    try:
+        with safe_open(str(ckpt.model_path), "pt") as f:
+            f.metadata()
+        state = torch.load(ckpt.state_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any read failure makes it unusable; the message says which
+        return f"{type(exc).__name__}: {exc}"
+    if not isinstance(state, dict) or state.get("iteration") != ckpt.iteration:
+        return f"its state file does not hold iteration {ckpt.iteration}"
+    return None
+
+
+def latest_checkpoint(folder: Path | str) -> Checkpoint | None:
+    """The newest complete, readable checkpoint in `folder`, or None.
+
+    A newer model file without its state file (a save that did not finish) and a newer checkpoint
+    that cannot be read are reported with a warning and skipped.
+    """
+    checkpoints = list_checkpoints(folder)
+    newest = checkpoints[0].iteration if checkpoints else -1
+    for kind, iteration, path in _files(Path(folder)):
+        if kind == "model" and iteration > newest:
+            log.warning("checkpoint %s has no state file (its save did not finish): ignored", path)
+    for ckpt in checkpoints:
+        problem = _problem(ckpt)
+        if problem is None:
+            return ckpt
+        log.warning("checkpoint %s is corrupt or partial (%s): falling back to the previous one",
+                    ckpt.state_path, problem)
+    return None
+
+
+def load_model_file(model: nn.Module, path: Path | str, strict: bool = True) -> None:
+    """Loads a safetensors file written by `save_model_weights` into `model`."""
+    with safe_open(str(path), "pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    tensors = load_file(str(path), device="cpu")
+    tensors.update({alias: tensors[name] for alias, name in aliases.items()})
+    model.load_state_dict(tensors, strict=strict)
+
+
+def load_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler=None, rank: int = 0, restore_rng: bool = True) -> dict:
+    """Restores the model, optimizer, scheduler and this rank's RNG states from `ckpt`.
+
+    Returns:
+        dict: {"iteration": int, "extra": the extra state saved}.
+    """
+    state = torch.load(ckpt.state_path, map_location="cpu", weights_only=True)
+    load_model_file(model, ckpt.model_path)
+    if optimizer is not None and state["optimizer"] is not None:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise UserError(f"{ckpt.state_path}: its optimizer does not fit this model's trainable parameters "
+                            f"({exc}); did stage.freeze change? Use a new run folder or stage.resume=never") from exc
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng:
+        states = state["rng"]
+        if len(states) <= rank:
+            log.warning("checkpoint %s holds RNG states of %d rank(s); rank %d reuses rank %d's: the run will not "
+                        "repeat the interrupted one exactly", ckpt.state_path, len(states), rank, rank % len(states))
+        set_rng_state(states[rank % len(states)])
+    log.info("resumed from %s (iteration %d)", ckpt.state_path, state["iteration"])
+    return {"iteration": state["iteration"], "extra": state["extra"]}
+
+
+def load_model_weights(model: nn.Module, source: Path | str, strict: bool = True) -> Path:
+    """Loads weights from a safetensors file, a checkpoints folder or a run folder (its newest
+    checkpoint); the `model.weights` option. Returns the file loaded."""
+    source = Path(source)
+    if source.is_dir():
+        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
+        ckpt = latest_checkpoint(folder)
+        if ckpt is None:
+            raise UserError(f"model.weights={source}: no complete checkpoint in {folder}")
+        source = ckpt.model_path
+    elif not source.is_file():
+        raise UserError(f"model.weights={source}: no such file or folder")
+    load_model_file(model, source, strict=strict)
+    log.info("model weights loaded from %s", source)
+    return source
