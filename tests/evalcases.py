@@ -30,3 +30,15 @@ def prediction(label_grid: np.ndarray) -> Prediction:
     labels = sorted(set(label_grid.ravel()) - {-1})
     return Prediction(np.stack([label_grid == k for k in labels]) if labels else np.zeros((0, *label_grid.shape), bool),
                       np.array(labels, np.int64), np.ones(len(labels), np.float32))
+
+
+def random_objects(rng: np.random.Generator, n: int, sizes=(5, 12), coverage: float = 0.8):
+    """n random one-object images of class "cat": (record, the per-pixel part grid (2 = no part), (h, w))."""
+    out = []
+    for i in range(n):
+        h, w = rng.integers(*sizes, size=2)
+        obj = rng.random((h, w)) < coverage
+        part_of = rng.integers(0, 3, size=(h, w))  # 2 = no part
+        parts = [(p, obj & (part_of == p)) for p in (0, 1) if (obj & (part_of == p)).any()]
+        out.append((record(i, [(0, obj, parts)], (h, w)), part_of, (h, w)))
+    return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from evalcases import META, grid, prediction, record
+from evalcases import META, grid, prediction, random_objects, record
 
 from partdistill.evaluation.part_miou import PartMIoUEvaluator
 from partdistill.evaluation.samples import Prediction
@@ -101,15 +101,9 @@ def test_empty_predictions_score_zero_and_perfect_ones_one_hundred():
 
 
 def random_case(rng, n):
-    records, preds = [], []
-    for i in range(n):
-        h, w = rng.integers(5, 12, size=2)
-        obj = rng.random((h, w)) < 0.8
-        part_of = rng.integers(0, 3, size=(h, w))  # 2 = no part
-        parts = [(p, obj & (part_of == p)) for p in (0, 1) if (obj & (part_of == p)).any()]
-        records.append(record(i, [(0, obj, parts)], (h, w)))
-        preds.append(prediction(np.where(rng.random((h, w)) < 0.9, rng.integers(0, 4, size=(h, w)), -1)))
-    return records, preds
+    cases = random_objects(rng, n)
+    preds = [prediction(np.where(rng.random(hw) < 0.9, rng.integers(0, 4, size=hw), -1)) for _, _, hw in cases]
+    return [r for r, _, _ in cases], preds
 
 
 def test_permuting_labels_changes_nothing_and_batches_equal_single_images():

@@ -5,11 +5,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from evalcases import random_objects, record
 from pycocotools import mask as mask_utils
 
 from partdistill.data import masks
 from partdistill.data.catalog import Metadata
-from partdistill.data.records import object_record, part_record
 from partdistill.evaluation import proposals
 from partdistill.evaluation.proposals import ProposalAREvaluator, greedy_match, mask_iou
 from partdistill.evaluation.samples import Prediction
@@ -19,12 +19,6 @@ META = Metadata(
     part_classes=["head", "body"],
     parts_of={0: [0, 1], 1: []},
 )
-
-
-def record(image_id, objects, shape):
-    """objects: (class, object mask, [(global part id, mask), ...])"""
-    anns = [object_record(c, m, [part_record(p, pm) for p, pm in parts]) for c, m, parts in objects]
-    return {"image_id": image_id, "height": shape[0], "width": shape[1], "annotations": anns}
 
 
 def box(shape, rows, cols) -> np.ndarray:
@@ -118,13 +112,9 @@ def test_empty_predictions_score_zero_and_objects_without_parts_are_not_counted(
 
 
 def random_case(rng, n):
-    records, preds = [], []
-    for i in range(n):
-        h, w = rng.integers(6, 14, size=2)
-        obj = rng.random((h, w)) < 0.85
-        part_of = rng.integers(0, 3, size=(h, w))  # 2 = no part
-        parts = [(p, obj & (part_of == p)) for p in (0, 1) if (obj & (part_of == p)).any()]
-        records.append(record(i, [(0, obj, parts)], (h, w)))
+    cases = random_objects(rng, n, sizes=(6, 14), coverage=0.85)
+    records, preds = [r for r, _, _ in cases], []
+    for _, part_of, (h, w) in cases:
         n_prop = rng.integers(0, 8)
         props = rng.random((n_prop, h, w)) < rng.random((n_prop, 1, 1))
         for m in range(0, n_prop, 2):  # every other one a noisy copy of a part, so that some IoUs pass 0.5

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from evalcases import META, grid, prediction, record
+from evalcases import META, grid, prediction, random_objects, record
 
 from partdistill.data import masks
 from partdistill.evaluation.coco_ap import PartAPEvaluator
@@ -30,17 +30,12 @@ CAR = record("car", [(1, CAR_MASK, [(2, CAR_MASK)]), (2, ~CAR_MASK, [])], (3, 4)
 
 
 def random_case(rng, n):
-    records, preds = [], []
-    for i in range(n):
-        h, w = rng.integers(5, 12, size=2)
-        obj = rng.random((h, w)) < 0.8
-        part_of = rng.integers(0, 3, size=(h, w))  # 2 = no part
-        parts = [(p, obj & (part_of == p)) for p in (0, 1) if (obj & (part_of == p)).any()]
-        records.append(record(i, [(0, obj, parts)], (h, w)))
-        labels = np.where(rng.random((h, w)) < 0.9, rng.integers(0, 4, size=(h, w)), -1)
-        pred = prediction(labels)
+    cases = random_objects(rng, n)
+    preds = []
+    for _, _, hw in cases:
+        pred = prediction(np.where(rng.random(hw) < 0.9, rng.integers(0, 4, size=hw), -1))
         preds.append(Prediction(pred.masks, pred.labels, rng.random(len(pred.labels)).astype(np.float32)))
-    return records, preds
+    return [r for r, _, _ in cases], preds
 
 
 # --- supervised mIoU --------------------------------------------------------------------------
