@@ -96,10 +96,10 @@ def test_multirun_over_the_three_suites(root):
 
 
 def test_a_stage_without_implementation_says_so_in_one_line(root):
-    result = launch("stage=proposal_learning", root=root)
+    result = launch("stage=part_ranking", root=root)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "stage 'proposal_learning' is not implemented in this version of partdistill" in result.stderr
+    assert "stage 'part_ranking' is not implemented in this version of partdistill" in result.stderr
 
 
 def test_bad_override_fails_with_hydras_message(root):
