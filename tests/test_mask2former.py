@@ -250,3 +250,19 @@ def test_top_instance_scores_follow_the_formula():
         assert got["mask"].shape == (20, 40) and got["mask"].all() == full
     assert [i["score"] for i in instances[2:]] == [0.0, 0.0]  # no positive pixel on the image
     assert not instances[2]["mask"].any() and not instances[3]["mask"].any()
+
+
+def test_model_weights_load_a_partdistill_checkpoint(tmp_path):
+    from partdistill.engine.checkpoint import save_model_weights
+    from partdistill.errors import UserError
+
+    cfg = OmegaConf.load(CONFIG_DIR / "model/tiny.yaml")
+    trained = build_model(cfg, num_labels=1)
+    save_model_weights(tmp_path / "model-0000004.safetensors", trained)
+    cfg.weights = str(tmp_path / "model-0000004.safetensors")
+    loaded = build_model(cfg, num_labels=1)
+    for (name, a), (_, b) in zip(trained.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    cfg.weights = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="model.weights=.*nowhere: no such file or folder"):
+        build_model(cfg, num_labels=1)

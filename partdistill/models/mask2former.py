@@ -1,8 +1,8 @@
 """Mask2Former (transformers) for the pipeline: built from `conf/model`, its input, features and top instances.
 
 - `build_model` loads `model.pretrained` (a local folder or a hub id) or builds a randomly initialised
-  model from the config alone (`conf/model/tiny.yaml`). `model.weights` (a partdistill checkpoint)
-  is not read here: the training engine loads it into the built model.
+  model from the config alone (`conf/model/tiny.yaml`), then `model.weights` (a partdistill
+  checkpoint file, checkpoints folder or run folder) when set.
 - `preprocess` is the paper's test input (method reference 2.1/2.2): resize to fit size x size,
   ImageNet mean/std on the 0-255 scale, zero padding (after normalisation) to a multiple of 32.
 - `backbone_features` runs the backbone only (pixel grouping); `top_instances` ranks instances as
@@ -61,10 +61,16 @@ def build_model(model_cfg, num_labels: int | None = None):
     options = _model_options(model_cfg)
     with _quiet_transformers():
         if options["pretrained"]:
-            return _load_pretrained(options["pretrained"], num_labels)
-        from transformers import Mask2FormerForUniversalSegmentation
+            model = _load_pretrained(options["pretrained"], num_labels)
+        else:
+            from transformers import Mask2FormerForUniversalSegmentation
 
-        return Mask2FormerForUniversalSegmentation(_mask2former_config(options, num_labels))
+            model = Mask2FormerForUniversalSegmentation(_mask2former_config(options, num_labels))
+    if options.get("weights"):
+        from partdistill.engine.checkpoint import load_model_weights
+
+        load_model_weights(model, options["weights"])
+    return model
 
 
 def _model_options(model_cfg) -> dict:
