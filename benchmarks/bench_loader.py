@@ -1,0 +1,69 @@
+"""Training-loader throughput at the paper's settings: samples/s per worker, and workers per 256/s.
+
+Reads ImageNet-sized JPEGs (default 500 x 375, planted objects with 4 parts as RLE part masks, the
+pixel-grouping store's format) through `proposal_learning.ProposalDataset`: decode, RLE decode, the
+paper's augmentation (fit 640, flip, relative crop 0.9, scale jitter 0.1-2.0, fixed 640 crop), and
+normalisation; the baseline in the same run is the decode alone (PIL + RLE, no augmentation).
+One process, one thread: a DataLoader worker's share. The paper's batch of 256 per iteration at
+about one iteration per second (8 nodes x 8 GPUs) needs 256 samples/s per job.
+
+    python benchmarks/bench_loader.py [--images 64] [--height 375] [--width 500]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from partdistill.config.schema import AugmentationConfig
+from partdistill.data import masks, planted
+from partdistill.data.images import read_rgb
+from partdistill.stages.proposal_learning import ProposalDataset
+
+
+def make_items(folder: Path, count: int, height: int, width: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(count):
+        scene = planted.draw_scene(rng, height, width, [4], [0])
+        path = folder / f"{i:05d}.JPEG"
+        Image.fromarray(scene.image).save(path, quality=90)
+        items.append({"file_name": str(path), "parts": [masks.encode(m) for m in scene.objects[0].part_masks]})
+    return items
+
+
+def timed(fn, items) -> float:
+    start = time.perf_counter()
+    for i in range(len(items)):
+        fn(i)
+    return len(items) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=500)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one DataLoader worker's share
+    with tempfile.TemporaryDirectory() as tmp:
+        items = make_items(Path(tmp), args.images, args.height, args.width)
+        dataset = ProposalDataset(items, OmegaConf.structured(AugmentationConfig()))
+        decode_only = timed(lambda i: (read_rgb(items[i]["file_name"]), [masks.decode(r) for r in items[i]["parts"]]), items)
+        augmented = timed(lambda i: dataset[(i, 1000 + i)], items)
+    print(f"{args.images} images of {args.width}x{args.height}, 4 parts each, 640 crops, one thread")
+    print(f"| step | samples/s per worker | workers for 256 samples/s |")
+    print(f"|---|---:|---:|")
+    print(f"| decode only (baseline) | {decode_only:.1f} | {int(np.ceil(256 / decode_only))} |")
+    print(f"| decode + augmentation + targets | {augmented:.1f} | {int(np.ceil(256 / augmented))} |")
+    print(f"augmentation costs {decode_only / augmented:.2f}x the decode alone")
+
+
+if __name__ == "__main__":
+    main()
