@@ -114,15 +114,25 @@ def require(reports: list[LayoutReport]) -> list[LayoutReport]:
     return reports
 
 
+def check_partition(stage: DictConfig) -> None:
+    """A partitioned stage's `stage.partition` must be null (all) or one of 0..P-1."""
+    total, index = stage.num_partitions, stage.get("partition")
+    if index is not None and not 0 <= index < total:
+        raise ConfigError(f"stage.partition={index} is outside 0..{total - 1} (stage.num_partitions={total})")
+
+
 def preflight(configs: list[DictConfig]) -> None:
-    """What must hold before any job of these configs runs or is submitted: every stage they select
-    is implemented and every dataset they read is in place (each dataset is checked once)."""
+    """What must hold before any job of these configs runs or is submitted: partition indices in
+    range, every dataset they read in place (each checked once), every stage they select implemented."""
     from partdistill import stages  # stages imports this module
 
     needs: dict[str, list[str]] = {}
     selected: set[str] = set()
     for cfg in configs:
-        selected.update(name for name, _ in stages_to_run(cfg))
+        for name, stage in stages_to_run(cfg):
+            selected.add(name)
+            if name in PARTITIONED:
+                check_partition(stage)
         for dataset, splits in dataset_needs(cfg).items():
             _add_need(needs, dataset, splits)
     require([check(name, splits) for name, splits in needs.items()])

@@ -33,3 +33,11 @@ def test_pipeline_checks_every_stage_before_running_the_first(compose_cfg, monke
     assert ran == []
     stages.run(compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping]"))
     assert ran == ["pixel_grouping"]  # each stage sees its own config as cfg.stage
+
+
+def test_a_partition_out_of_range_is_refused_before_anything_runs(compose_cfg, root):
+    from partdistill import plan
+
+    with pytest.raises(plan.ConfigError, match="stage.partition=7 is outside 0..1"):
+        plan.preflight([compose_cfg("experiment=smoke", "stage=pixel_grouping", "stage.partition=7")])
+    assert not (root / "runs").exists()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Callable
 
 import torch
 from omegaconf import DictConfig
 
-from partdistill.plan import ConfigError
+from partdistill.plan import check_partition
 from partdistill.store import Store, class_key, partition_records
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,15 @@ def device_of(cfg: DictConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def output_dir(cfg: DictConfig) -> Path:
+    """The job's own folder (Hydra's output dir), or run_dir/eval/<suite> outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.run_dir) / "eval" / cfg.eval.suite
+
+
 def model_identity(cfg: DictConfig) -> dict:
     """The model's part of a store identity; the seed sets the weights of a model built from config."""
     return {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "weights": cfg.model.weights,
@@ -32,12 +42,8 @@ def model_identity(cfg: DictConfig) -> dict:
 
 def partitions_to_run(stage: DictConfig) -> list[int]:
     """Partition `stage.partition`, or all of 0..P-1 when it is null."""
-    total = stage.num_partitions
-    if stage.partition is None:
-        return list(range(total))
-    if not 0 <= stage.partition < total:
-        raise ConfigError(f"stage.partition={stage.partition} is outside 0..{total - 1} (stage.num_partitions={total})")
-    return [stage.partition]
+    check_partition(stage)
+    return list(range(stage.num_partitions)) if stage.partition is None else [stage.partition]
 
 
 def run_partitions(store: Store, stage: DictConfig, records: list[dict],

@@ -9,7 +9,6 @@ multirun ends with one summary table of all its jobs (partdistill.evaluation.sum
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -17,16 +16,9 @@ from partdistill.config.resolver import project_root
 from partdistill.evaluation.report import headline
 from partdistill.evaluation.saved import evaluate_saved
 from partdistill.plan import ConfigError
+from partdistill.stages.common import output_dir
 
 log = logging.getLogger(__name__)
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.run_dir) / "eval" / cfg.eval.suite
 
 
 def run(cfg: DictConfig) -> dict:

@@ -25,7 +25,7 @@ from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import ImageRecords, collate
 from partdistill.models.grouping import GroupingParams, group_objects
-from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
+from partdistill.stages.common import device_of, model_identity, output_dir, print_summary, run_partitions
 from partdistill.store import Store, class_key
 
 STAGE = "pixel_grouping"
@@ -153,7 +153,6 @@ def evaluate_grouping(cfg: DictConfig) -> dict:
     from partdistill.evaluation.saved import evaluate_saved
     from partdistill.io import write_json_atomic
     from partdistill.models.mask2former import build_model
-    from partdistill.stages.evaluate import output_dir
 
     ev = cfg.eval
     dataset = f"{ev.dataset}_{ev.split}"
