@@ -3,28 +3,40 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
+from typing import Callable
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None], durable: bool = False) -> None:
+    """`write(tmp)` fills a temporary file beside `path`, which is then renamed over `path`.
+
+    The temporary name is unique per writer (array tasks may write the same file at once) and
+    made like any new file, so it gets the umask's permissions (mkstemp's 0600 would hide shared
+    results from a team). `durable` also syncs the file and the rename to disk (checkpoints).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:  # the rename itself survives a node crash
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Writes to a temporary file beside `path`, then renames it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any new file
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(path: Path, data, indent: int | None = None) -> None:

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import re
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from partdistill.data.layout import IMAGE_SUFFIXES, WNID
 from partdistill.data.records import SkipLog
+from partdistill.io import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +134,6 @@ def _read_if_valid(path: Path, expected: str) -> pa.Table | None:
         return None
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    """Writes to a unique temporary name beside `path`, then renames: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per writer (array tasks may build the same index at once); not mkstemp, whose 0600
-    # mode would hide the index from the rest of a team sharing the cache
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def cached_index(folder: Path, cache_dir: Path, workers: int = 16) -> pa.Table:
     """`build_index(folder)`, read from `cache_path(folder, cache_dir)` while the tree is unchanged.
 
@@ -164,7 +150,7 @@ def cached_index(folder: Path, cache_dir: Path, workers: int = 16) -> pa.Table:
         return table
     table = build_index(folder, workers)
     table = table.replace_schema_metadata({FINGERPRINT_KEY: token.encode(), b"folder": str(folder).encode()})
-    _write_atomic(table, path)
+    replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
     log.info("indexed %d images in %s (cached at %s)", table.num_rows, folder, path)
     return table
 

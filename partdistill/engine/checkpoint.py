@@ -13,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from partdistill.errors import UserError
+from partdistill.io import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +92,6 @@ def rng_preserved() -> Iterator[None]:
 # Writing
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp)` fills a temporary file beside `path`, which is synced and renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per process, and saves never overlap
-    try:
-        write(str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a node crash
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _unique_tensors(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors for save_file, which refuses shared memory: a tensor identical to an earlier one
     (tied weights) becomes an alias of its name; another view of a seen storage is copied."""
@@ -133,7 +115,7 @@ def save_model_weights(path: Path | str, model: nn.Module, metadata: dict[str, s
     """Writes `model.state_dict()` to a safetensors file atomically."""
     tensors, aliases = _unique_tensors(model.state_dict())
     meta = {"format": "pt", "aliases": json.dumps(aliases), **(metadata or {})}
-    _write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    replace_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta), durable=True)
 
 
 def save_checkpoint(folder: Path | str, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -158,7 +140,7 @@ def save_checkpoint(folder: Path | str, iteration: int, model: nn.Module, optimi
              "optimizer": optimizer.state_dict() if optimizer is not None else None,
              "scheduler": scheduler.state_dict() if scheduler is not None else None,
              "rng": rng if rng is not None else [rng_state()], "extra": extra_state or {}}
-    _write_atomic(ckpt.state_path, lambda tmp: torch.save(state, tmp))
+    replace_atomically(ckpt.state_path, lambda tmp: torch.save(state, tmp), durable=True)
     log.info("checkpoint at iteration %d saved to %s", iteration, folder)
     _prune(folder, keep)
     return ckpt

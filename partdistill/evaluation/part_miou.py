@@ -113,12 +113,12 @@ class PartMIoUEvaluator:
             stats = [_part_stats(name, parts[p], int(tp[p]), int(gt[p]), int(pred[p])) for p in range(n)]
             per_part += stats
             per_class.append({"class": name, "objects": int(self.objects[cls]),
-                              "mIoU": _mean(s["IoU"] for s in stats), "mACC": _mean(s["Acc"] for s in stats),
-                              "mIoPred": _mean(s["IoPred"] for s in stats)})
+                              "mIoU": mean_defined(s["IoU"] for s in stats), "mACC": mean_defined(s["Acc"] for s in stats),
+                              "mIoPred": mean_defined(s["IoPred"] for s in stats)})
         return {
-            "C-mIoU": _mean(c["mIoU"] for c in per_class), "A-mIoU": _mean(s["IoU"] for s in per_part),
-            "C-mACC": _mean(c["mACC"] for c in per_class), "A-mACC": _mean(s["Acc"] for s in per_part),
-            "C-mIoPred": _mean(c["mIoPred"] for c in per_class), "A-mIoPred": _mean(s["IoPred"] for s in per_part),
+            "C-mIoU": mean_defined(c["mIoU"] for c in per_class), "A-mIoU": mean_defined(s["IoU"] for s in per_part),
+            "C-mACC": mean_defined(c["mACC"] for c in per_class), "A-mACC": mean_defined(s["Acc"] for s in per_part),
+            "C-mIoPred": mean_defined(c["mIoPred"] for c in per_class), "A-mIoPred": mean_defined(s["IoPred"] for s in per_part),
             "per_class": per_class, "per_part": per_part, "mapping": mapping,
         }
 
@@ -133,6 +133,7 @@ def _part_stats(cls: str, part: str, tp: int, gt: int, pred: int) -> dict:
     }
 
 
-def _mean(values) -> float | None:
+def mean_defined(values) -> float | None:
+    """The mean of the values that are defined (not None); None when none is."""
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None

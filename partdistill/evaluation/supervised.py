@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from partdistill.data.catalog import Metadata
+from partdistill.evaluation.part_miou import mean_defined
 from partdistill.evaluation.samples import Prediction, class_space, scored_pixels
 
 
@@ -75,8 +76,8 @@ class SupervisedMIoUEvaluator:
         rows = [_part_row(name, int(tp[p]), int(gt[p]), int(pred[p])) for p, name in enumerate(self.part_names)]
         total = int(self.conf.sum())
         return {
-            "mIoU": _mean(r["IoU"] for r in rows),
-            "mACC": _mean(r["Acc"] for r in rows),
+            "mIoU": mean_defined(r["IoU"] for r in rows),
+            "mACC": mean_defined(r["Acc"] for r in rows),
             "pixel_acc": 100.0 * int(np.trace(self.conf)) / total if total > 0 else None,
             "objects": int(self.objects),
             "per_part": rows,
@@ -90,7 +91,3 @@ def _part_row(part: str, tp: int, gt: int, pred: int) -> dict:
         "Acc": 100.0 * tp / gt if gt > 0 else None,
     }  # fmt: skip
 
-
-def _mean(values) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
