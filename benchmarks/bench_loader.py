@@ -1,7 +1,7 @@
 """Training-loader throughput at the paper's settings: samples/s per worker, and workers per 256/s.
 
 Reads ImageNet-sized JPEGs (default 500 x 375, planted objects with 4 parts as RLE part masks, the
-pixel-grouping store's format) through `proposal_learning.ProposalDataset`: decode, RLE decode, the
+pixel-grouping store's format) through `data.augmentation.InstanceDataset`: decode, RLE decode, the
 paper's augmentation (fit 640, flip, relative crop 0.9, scale jitter 0.1-2.0, fixed 640 crop), and
 normalisation; the baseline in the same run is the decode alone (PIL + RLE, no augmentation).
 One process, one thread: a DataLoader worker's share. The paper's batch of 256 per iteration at
@@ -24,7 +24,7 @@ from PIL import Image
 from partdistill.config.schema import AugmentationConfig
 from partdistill.data import masks, planted
 from partdistill.data.images import read_rgb
-from partdistill.stages.proposal_learning import ProposalDataset
+from partdistill.data.augmentation import InstanceDataset
 
 
 def make_items(folder: Path, count: int, height: int, width: int) -> list[dict]:
@@ -34,7 +34,8 @@ def make_items(folder: Path, count: int, height: int, width: int) -> list[dict]:
         scene = planted.draw_scene(rng, height, width, [4], [0])
         path = folder / f"{i:05d}.JPEG"
         Image.fromarray(scene.image).save(path, quality=90)
-        items.append({"file_name": str(path), "parts": [masks.encode(m) for m in scene.objects[0].part_masks]})
+        segments = [masks.encode(m) for m in scene.objects[0].part_masks]
+        items.append({"file_name": str(path), "segments": segments, "labels": [0] * len(segments)})
     return items
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(1)  # one DataLoader worker's share
     with tempfile.TemporaryDirectory() as tmp:
         items = make_items(Path(tmp), args.images, args.height, args.width)
-        dataset = ProposalDataset(items, OmegaConf.structured(AugmentationConfig()))
+        dataset = InstanceDataset(items, OmegaConf.structured(AugmentationConfig()))
         decode_only = timed(lambda i: (read_rgb(items[i]["file_name"]), [masks.decode(r) for r in items[i]["parts"]]), items)
         augmented = timed(lambda i: dataset[(i, 1000 + i)], items)
     print(f"{args.images} images of {args.width}x{args.height}, 4 parts each, 640 crops, one thread")

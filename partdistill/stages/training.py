@@ -1,0 +1,85 @@
+"""What the training stages share: the suites they score, and one call that trains a Mask2Former
+on a dataset of augmented samples with the engine (optimizer, schedule, hooks, checkpoints, resume)
+and writes the stage's metrics.json.
+
+Stages never import each other; the training mechanics live here and in `partdistill.engine`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from omegaconf import DictConfig
+
+from partdistill.config.resolver import project_root
+from partdistill.data import catalog
+from partdistill.data.augmentation import collate
+
+SMOKE_EVAL_IMAGES = 16  # images per suite scored by a smoke run's evaluation
+
+
+def suite_records(suite: str, limit: int | None = None, split: int = 0) -> tuple[str, list[dict]]:
+    """(catalog name, records with annotations) of a suite's scored split (`split=1`: its match split)."""
+    from partdistill.plan import suite_dataset
+
+    dataset, splits = suite_dataset(suite)
+    name = f"{dataset}_{splits[split]}"
+    records = [r for r in catalog.load(name, project_root()) if r["annotations"]]
+    return name, records[:limit] if limit else records
+
+
+def eval_limit(cfg: DictConfig) -> int | None:
+    """Images per suite a training stage's periodic evaluation scores: all, or a few in smoke runs."""
+    setting = cfg.get("setting")
+    return SMOKE_EVAL_IMAGES if setting is not None and setting.get("name") == "smoke" else None
+
+
+def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: Callable[[object], Mapping] | None,
+          summary: dict) -> dict:
+    """Trains `model` on `dataset` (samples of `data.augmentation`) under run_dir/<stage_name>/ with the
+    stage's solver, freeze list, hooks and resume policy; `evaluate(model)` every `stage.eval_period`
+    and at the end. Writes metrics.json (the `summary` counts, the last step's metrics, the last
+    evaluation) and prints one line. Returns what it wrote."""
+    from partdistill.engine.hooks import EvalHook, JSONLWriter, PeriodicCheckpointer, TensorBoardWriter
+    from partdistill.engine.sampler import ResumableSampler
+    from partdistill.engine.solver import build_optimizer, build_scheduler
+    from partdistill.engine.trainer import Trainer
+    from partdistill.io import write_json_atomic
+    from partdistill.stages.common import device_of
+
+    s = cfg.stage
+    out_dir = Path(cfg.run_dir) / stage_name
+    optimizer = build_optimizer(model, s.solver, list(s.freeze))
+    scheduler = build_scheduler(optimizer, s.solver)
+    sampler = ResumableSampler(len(dataset), seed=cfg.seed, sample_seeds=True)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    per_rank = s.solver.ims_per_batch // world
+
+    def make_loader(smp):
+        return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=smp, num_workers=s.num_workers,
+                                           collate_fn=collate, persistent_workers=s.num_workers > 0)
+
+    eval_hook = EvalHook(s.eval_period if evaluate else 0, evaluate or (lambda m: {}))
+    trainer = Trainer(model, loss_fn, optimizer, scheduler, sampler=sampler, make_loader=make_loader,
+                      ims_per_batch=s.solver.ims_per_batch, max_iter=s.solver.max_iter, run_dir=out_dir,
+                      hooks=[eval_hook, JSONLWriter(), TensorBoardWriter(), PeriodicCheckpointer(s.checkpoint_period)],
+                      clip_grad_norm=s.solver.clip_grad_norm, amp=s.solver.amp, device=device_of(cfg),
+                      resume=s.resume, keep_checkpoints=s.keep_checkpoints)
+    metrics = trainer.train()
+    result = {**summary, "start_iter": trainer.start_iter, "iterations": trainer.iter, **metrics}
+    if trainer.is_main:
+        write_json_atomic(out_dir / "metrics.json", {"stage": stage_name, **result,
+                                                     "eval": eval_hook.results if eval_hook.last_iter is not None else {}})
+        shown = ", ".join(f"{k.removeprefix('eval/')} {v:.2f}" for k, v in metrics.items()
+                          if k.startswith("eval/") and isinstance(v, float) and _headline(k))
+        loss = f"loss {metrics['total_loss']:.4g}, " if "total_loss" in metrics else ""
+        counts = ", ".join(f"{v} {k}" for k, v in summary.items())
+        print(f"{stage_name}: {counts}, iterations {trainer.start_iter}->{trainer.iter}, {loss}"
+              f"{shown or 'no evaluation'} -> {out_dir}")
+    return result
+
+
+def _headline(key: str) -> bool:
+    last = key.split("/")[-1]
+    return last.startswith("AR@") or last in ("mIoU", "C-mIoU", "A-mIoU")
