@@ -103,4 +103,5 @@ def run(cfg: DictConfig) -> dict:
 
     return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), loss_terms,
                  evaluate if s.eval_suites else None,
-                 {"images": len(items), "parts": sum(len(i["segments"]) for i in items)})
+                 {"images": len(items), "parts": sum(len(i["segments"]) for i in items)},
+                 head={"kind": "proposals", "num_labels": 1})

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.data.augmentation import collate
+from partdistill.io import write_json_atomic
 
 SMOKE_EVAL_IMAGES = 16  # images per suite scored by a smoke run's evaluation
 
@@ -35,21 +36,31 @@ def eval_limit(cfg: DictConfig) -> int | None:
     return SMOKE_EVAL_IMAGES if setting is not None and setting.get("name") == "smoke" else None
 
 
+HEAD_FILE = "head.json"
+
+
 def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: Callable[[object], Mapping] | None,
-          summary: dict) -> dict:
+          summary: dict, head: dict) -> dict:
     """Trains `model` on `dataset` (samples of `data.augmentation`) under run_dir/<stage_name>/ with the
     stage's solver, freeze list, hooks and resume policy; `evaluate(model)` every `stage.eval_period`
     and at the end. Writes metrics.json (the `summary` counts, the last step's metrics, the last
-    evaluation) and prints one line. Returns what it wrote."""
+    evaluation) and prints one line. Returns what it wrote.
+
+    `head` describes the class head for whoever loads the checkpoints later (`stage=evaluate
+    model.weights=...`): {"kind": "proposals" | "conditioned_parts" | "semantic", "num_labels": N, ...};
+    it is written to run_dir/<stage_name>/head.json with the model's config.
+    """
     from partdistill.engine.hooks import EvalHook, JSONLWriter, PeriodicCheckpointer, TensorBoardWriter
     from partdistill.engine.sampler import ResumableSampler
     from partdistill.engine.solver import build_optimizer, build_scheduler
     from partdistill.engine.trainer import Trainer
-    from partdistill.io import write_json_atomic
     from partdistill.stages.common import device_of
 
     s = cfg.stage
     out_dir = Path(cfg.run_dir) / stage_name
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        write_json_atomic(out_dir / HEAD_FILE, {"stage": stage_name, **head,
+                                                "model": OmegaConf.to_container(cfg.model, resolve=True)})
     optimizer = build_optimizer(model, s.solver, list(s.freeze))
     scheduler = build_scheduler(optimizer, s.solver)
     sampler = ResumableSampler(len(dataset), seed=cfg.seed, sample_seeds=True)
