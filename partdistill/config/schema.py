@@ -238,14 +238,21 @@ class DistillationConfig(TrainingStageConfig):
     min_object_area_ratio: float = 0.05
     min_area_ratio: float = 0.05
     min_score: float = -1.0
-    query_feature_normalize: bool = False
+    query_feature_normalize: bool = False  # L2-normalise query embeddings before the class head (1K)
+    # start from the part-proposal model in run_dir/proposal_learning (1K) instead of model.pretrained (22K)
+    init_from_proposals: bool = False
+
+
+class FinetuneHead(Enum):
+    semseg = "semseg"  # one class per part class of the dataset, one mask per class present (semantic)
+    prop = "prop"  # class-agnostic: every part instance is a mask of the one class "part"
 
 
 @dataclass
 class FinetuneConfig(TrainingStageConfig):
-    fraction: float = 1.0  # share of the training records used (few-shot: 0.01 .. 1.0)
-    subset_seed: int = 1234  # the subset is stable for a seed and nested as fraction grows
-    head: str = "semseg"  # semseg (the dataset's part classes) | prop (class-agnostic)
+    fraction: float = 1.0  # share of the training images used, in (0, 1] (few-shot: 0.01 .. 1.0)
+    subset_seed: int = 1234  # the subset is stable for a seed and nested as fraction grows (paper: 1234)
+    head: FinetuneHead = FinetuneHead.semseg
 
 
 @dataclass

@@ -1,0 +1,152 @@
+"""Stage 5 `distillation`: self-train Mask2Former on the part-ranking store with a class-conditioned head.
+
+Every part of the `part_ranking` store is an instance labelled with its part cluster (0..K-1, K =
+`stage.num_part_classes` = part_ranking's `num_clusters`); the image's object class (its class key:
+an ImageNet wnid) selects which K of the head's K x C + 1 outputs are trained
+(`models.conditioned_head`, the paper's `apply_gradient_mask`). The training classes are the store's
+class keys in sorted order; they are written to run_dir/distillation/head.json so the model can be
+evaluated later (`stage=evaluate model.weights=RUN_DIR/distillation`).
+
+Filters as the paper: objects covering no more than `stage.min_object_area_ratio` of the image are
+skipped, parts need an area ratio (of the image) above `stage.min_area_ratio` and a score above
+`stage.min_score`. The model starts from `model.pretrained` (22K: COCO Mask2Former) or, with
+`stage.init_from_proposals=true` (1K), from the part-proposal model in run_dir/proposal_learning
+(all but its class head). `stage.query_feature_normalize` (1K) L2-normalises the query embeddings
+before the class head.
+
+Evaluation (every `stage.eval_period` and at the end): unsupervised part mIoU with the majority
+mapping on each suite of `stage.eval_suites`, each ground-truth object's class mapped to the training
+classes by `data.class_map` (unmapped classes are scored unconditioned and logged).
+
+    python launch.py experiment=smoke stage=distillation
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from partdistill.config.resolver import project_root
+from partdistill.data import catalog
+from partdistill.errors import UserError
+from partdistill.stages.common import device_of
+from partdistill.stages.training import eval_limit, suite_records, train
+from partdistill.store import Store, class_key
+
+STAGE = "distillation"
+UPSTREAM = "part_ranking"
+EVAL_BATCH = 2
+
+
+def training_items(records, classes: list[str], num_parts: int, min_object_area_ratio: float, min_area_ratio: float,
+                   min_score: float) -> list[dict]:
+    """{"file_name", "segments", "labels" (part cluster), "object_class" (index in `classes`)} per image
+    with at least one part passing the filters."""
+    index = {key: i for i, key in enumerate(classes)}
+    items = []
+    for record in records:
+        segments, labels = [], []
+        for obj in record["objects"]:
+            if obj["object_ratio"] <= min_object_area_ratio:
+                continue
+            for part in obj["parts"]:
+                if part["ratio"] > min_area_ratio and part["score"] > min_score:
+                    if not 0 <= part["label"] < num_parts:
+                        raise UserError(f"{STAGE}: the '{UPSTREAM}' store has part label {part['label']} (image "
+                                        f"{record['file_name']}) but stage.num_part_classes={num_parts}: set it to "
+                                        f"the part_ranking stage's num_clusters")
+                    segments.append(part["segmentation"])
+                    labels.append(int(part["label"]))
+        if segments:
+            items.append({"file_name": record["file_name"], "segments": segments, "labels": labels,
+                          "object_class": index[class_key(record)]})
+    return items
+
+
+def init_from_proposals(model, run_dir: Path) -> Path:
+    """Loads the newest part-proposal checkpoint into `model`, all but the class head (sizes differ)."""
+    from safetensors.torch import load_file
+
+    from partdistill.engine.checkpoint import latest_checkpoint
+
+    folder = run_dir / "proposal_learning" / "checkpoints"
+    ckpt = latest_checkpoint(folder)
+    if ckpt is None:
+        raise UserError(f"{STAGE}: stage.init_from_proposals=true but {folder} has no checkpoint: run "
+                        f"`python launch.py ... stage=proposal_learning` first, or set stage.init_from_proposals=false")
+    tensors = {k: v for k, v in load_file(str(ckpt.model_path)).items() if not k.startswith("class_predictor.")}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or any(not k.startswith("class_predictor.") for k in missing):
+        raise UserError(f"{STAGE}: {ckpt.model_path} does not fit this model (model.*): missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
+    return ckpt.model_path
+
+
+def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, limit: int | None = None) -> dict:
+    """{suite: part mIoU (majority mapping, learned on the suite's match split) of the class-conditioned
+    parts} on each suite; `head` as written to head.json (classes, train_data, num_parts)."""
+    from partdistill.plan import suite_dataset
+
+    results = {}
+    for suite in suites:
+        _, (split, match_split) = suite_dataset(suite)
+        match = score_parts(model, suite, 1, head, size, device, limit) if match_split != split else None
+        results[suite] = score_parts(model, suite, 0, head, size, device, limit).evaluate(match=match)
+    return results
+
+
+def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, limit: int | None):
+    """A PartMIoUEvaluator that has processed the model's parts on a suite's split (0 scored, 1 match)."""
+    from partdistill.data.class_map import training_classes
+    from partdistill.evaluation.part_miou import PartMIoUEvaluator
+    from partdistill.models.conditioned_head import conditioned_parts
+    from partdistill.models.inference import predict_records
+
+    name, records = suite_records(suite, limit, split)
+    meta = catalog.metadata(name, project_root())
+    evaluator = PartMIoUEvaluator(meta, "majority", "synset")
+    to_predictions = conditioned_parts(training_classes(meta, name, head["train_data"], head["classes"]),
+                                       head["num_parts"])
+    for chunk, predictions in predict_records(model, records, to_predictions, size, device, EVAL_BATCH):
+        evaluator.process(chunk, predictions)
+    return evaluator
+
+
+def run(cfg: DictConfig) -> dict:
+    from partdistill.data.augmentation import InstanceDataset
+    from partdistill.models.conditioned_head import (
+        conditioned_loss_terms,
+        configure_conditioned_loss,
+        normalize_queries,
+    )
+    from partdistill.models.mask2former import build_model
+
+    s = cfg.stage
+    run_dir = Path(cfg.run_dir)
+    store = Store.open(run_dir / "store", UPSTREAM)  # StoreMissing names the stage to run first
+    records = list(store.records())
+    classes = sorted({class_key(r) for r in records})
+    num_parts = int(s.num_part_classes)
+    items = training_items(records, classes, num_parts, s.min_object_area_ratio, s.min_area_ratio, s.min_score)
+    if not items:
+        raise UserError(f"{STAGE}: no part of the '{UPSTREAM}' store in {store.folder} passes the filters "
+                        f"(stage.min_object_area_ratio={s.min_object_area_ratio}, stage.min_area_ratio="
+                        f"{s.min_area_ratio}, stage.min_score={s.min_score})")
+    model = build_model(cfg.model, num_labels=num_parts * len(classes))
+    if s.init_from_proposals and cfg.model.weights is None:
+        init_from_proposals(model, run_dir)
+    if s.query_feature_normalize:
+        normalize_queries(model)
+    configure_conditioned_loss(model, s.loss, num_parts)
+    device, limit = device_of(cfg), eval_limit(cfg)
+    head = {"kind": "conditioned_parts", "num_labels": num_parts * len(classes), "num_parts": num_parts,
+            "classes": classes, "train_data": cfg.data.train, "query_feature_normalize": s.query_feature_normalize}
+
+    def evaluate(m):
+        return evaluate_parts(m, list(s.eval_suites), head, int(s.augmentation.base_size), device, limit)
+
+    return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), conditioned_loss_terms(num_parts),
+                 evaluate if s.eval_suites else None,
+                 {"images": len(items), "parts": sum(len(i["segments"]) for i in items), "classes": len(classes)},
+                 head=head)
