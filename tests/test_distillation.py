@@ -166,3 +166,44 @@ def test_labels_beyond_the_part_classes_and_a_missing_proposal_model_are_named(r
         run(compose_cfg, ranked, "stage.num_part_classes=2")
     with pytest.raises(UserError, match="stage=proposal_learning"):
         run(compose_cfg, ranked, "stage.init_from_proposals=true")
+
+
+def test_evaluate_runs_the_trained_model_writes_its_predictions_and_rescoring_them_agrees(ranked, compose_cfg):
+    run(compose_cfg, ranked)
+    weights = ranked / "distillation"
+    scored = stages.run(compose_cfg("experiment=smoke", "stage=evaluate", f"run_dir={ranked}",
+                                    f"model.weights={weights}"))["evaluate"]
+    out = ranked / "eval/synthetic"
+    predictions = out / "predictions-val.jsonl"
+    segments = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert segments and {"image_id", "segmentation", "label", "score"} <= set(segments[0])
+    assert all(0 <= s["label"] < 3 for s in segments)  # conditioned: the K part labels of each object's class
+    assert 0.0 <= scored["C-mIoU"] <= 100.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weights"] == str(weights) and metrics["mapping"]
+    rescored = stages.run(compose_cfg("experiment=smoke", "stage=evaluate", f"run_dir={ranked}",
+                                      f"eval.predictions={predictions}"))["evaluate"]
+    assert rescored["C-mIoU"] == scored["C-mIoU"] and rescored["A-mIoU"] == scored["A-mIoU"]
+    # one checkpoint file works as well, and the evaluation the stage ran at its end agrees
+    final = json.loads((weights / "metrics.json").read_text())["eval"]["synthetic/C-mIoU"]
+    assert abs(final - scored["C-mIoU"]) < 1e-6
+    checkpoint = sorted((weights / "checkpoints").glob("model-*.safetensors"))[-1]
+    again = stages.run(compose_cfg("experiment=smoke", "stage=evaluate", f"run_dir={ranked}",
+                                   f"stage.weights={checkpoint}"))["evaluate"]
+    assert again["C-mIoU"] == scored["C-mIoU"]
+
+
+def test_evaluate_names_what_is_wrong_with_the_weights(ranked, compose_cfg, tmp_path):
+    from partdistill.plan import ConfigError
+
+    def evaluate(*overrides):
+        return stages.run(compose_cfg("experiment=smoke", "stage=evaluate", f"run_dir={ranked}", *overrides))
+    with pytest.raises(ConfigError, match="model.weights=RUN_DIR"):
+        evaluate()
+    with pytest.raises(ConfigError, match="no such file"):
+        evaluate(f"model.weights={tmp_path}/nowhere")
+    with pytest.raises(ConfigError, match="no head.json"):
+        evaluate(f"model.weights={tmp_path}")
+    run(compose_cfg, ranked)
+    with pytest.raises(ConfigError, match="model=tiny"):
+        evaluate(f"model.weights={ranked}/distillation", "model=m2f_swin_tiny")

@@ -55,6 +55,11 @@ def test_trains_checkpoints_evaluates_and_resumes(tmp_path, monkeypatch, compose
     again = run(compose_cfg, run_dir, "proposal_learning")
     assert (again["start_iter"], again["iterations"]) == (4, 4) and "total_loss" not in again
     assert again["eval/synthetic/AR@10"] == ar["eval/synthetic/AR@10"]
+    # stage=evaluate runs the trained proposal model over the suite: the same AR as the stage's own evaluation
+    scored = stages.run(compose_cfg("experiment=smoke", "stage=evaluate", f"run_dir={run_dir}",
+                                    f"model.weights={out}"))["evaluate"]
+    assert scored["AR@10"] == pytest.approx(ar["eval/synthetic/AR@10"])
+    assert (run_dir / "eval/synthetic/predictions-val.jsonl").is_file()
     # a larger max_iter continues from there
     more = run(compose_cfg, run_dir, "proposal_learning", "stage.solver.max_iter=6")
     assert (more["start_iter"], more["iterations"]) == (4, 6) and len(losses(run_dir)) == 6

@@ -228,8 +228,14 @@ class PartRankingConfig(PartitionedStageConfig):
     min_area_ratio_1: float = 0.05  # cluster pass: part area / object area filter
     min_score_2: float = 0.1  # label pass
     min_area_ratio_2: float = 0.05
-    classifier_metric: Metric = Metric.l2
-    feature_norm: bool = True  # L2-normalise query features before clustering
+    classifier_metric: Metric = Metric.l2  # centroids as a classifier: l2 = nearest centroid, dot = f . c
+    feature_norm: bool = True  # L2-normalise query features before clustering and classifying
+    min_object_iou: float = 0.001  # both passes: parts must overlap the object mask by more than this IoU
+    # per-class k-means (k = num_clusters, k-means++ seeding from `seed` and the partition): the paper
+    # ran scikit-learn 1.1.1's KMeans(random_state=0), i.e. n_init 10, max_iter 300, tol 1e-4
+    kmeans_iters: int = 300
+    kmeans_tol: float = 1e-4
+    kmeans_n_init: int = 10
 
 
 @dataclass
@@ -257,7 +263,9 @@ class FinetuneConfig(TrainingStageConfig):
 
 @dataclass
 class EvaluateConfig(StageConfig):
-    batch_size: int = 8
+    batch_size: int = 8  # images per forward pass
+    # the trained model to score: a training stage's folder or checkpoint; null = model.weights
+    weights: Optional[str] = None
 
 
 @dataclass

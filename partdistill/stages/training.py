@@ -59,7 +59,7 @@ def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: C
     s = cfg.stage
     out_dir = Path(cfg.run_dir) / stage_name
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        write_json_atomic(out_dir / HEAD_FILE, {"stage": stage_name, **head,
+        write_json_atomic(out_dir / HEAD_FILE, {"stage": stage_name, **head, "image_size": int(s.augmentation.base_size),
                                                 "model": OmegaConf.to_container(cfg.model, resolve=True)})
     optimizer = build_optimizer(model, s.solver, list(s.freeze))
     scheduler = build_scheduler(optimizer, s.solver)
