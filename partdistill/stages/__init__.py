@@ -37,8 +37,13 @@ def stage_module(name: str) -> ModuleType:
 
 def run(cfg: DictConfig) -> dict[str, dict]:
     """Runs the selected stage, or every stage of the pipeline in order; returns each stage's result."""
+    from partdistill.engine.distributed import init_distributed
+
     selected = stages_to_run(cfg)
     require_stages([name for name, _ in selected])  # all present before any runs
+    # a job of several tasks (hydra.launcher.tasks_per_node / nodes, torchrun): training stages run as
+    # one DDP group; partitioned stages share the selected partitions out among the ranks
+    init_distributed()
     modules = {name: stage_module(name) for name, _ in selected}
     results = {}
     for name, stage_cfg in selected:

@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def device_of(cfg: DictConfig) -> torch.device:
+    """`cfg.device`; auto = this process's GPU (its local rank's, in a job of several tasks), else the CPU."""
+    from partdistill.engine.distributed import environment
+
     if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", environment().local_rank % torch.cuda.device_count())
     return torch.device(cfg.device)
 
 
@@ -41,9 +46,14 @@ def model_identity(cfg: DictConfig) -> dict:
 
 
 def partitions_to_run(stage: DictConfig) -> list[int]:
-    """Partition `stage.partition`, or all of 0..P-1 when it is null."""
+    """Partition `stage.partition`, or all of 0..P-1 when it is null; in a job of several tasks each
+    rank takes every world_size-th of them (rank r: the r-th, (r + world_size)-th, ...)."""
+    from partdistill.engine.distributed import environment
+
     check_partition(stage)
-    return list(range(stage.num_partitions)) if stage.partition is None else [stage.partition]
+    selected = list(range(stage.num_partitions)) if stage.partition is None else [stage.partition]
+    env = environment()
+    return selected[env.rank::env.world_size]
 
 
 def run_partitions(store: Store, stage: DictConfig, records: list[dict],
