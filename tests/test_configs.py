@@ -55,7 +55,8 @@ def test_paper_preset(compose_cfg):
     assert cfg.model.pretrained == "facebook/mask2former-swin-large-coco-instance"
     grouping = cfg.stage.pixel_grouping
     assert grouping.kmeans.k == 4 and list(grouping.feature_keys) == ["res3", "res4"]
-    assert grouping.metric.name == "dot" and grouping.normalize is False and grouping.num_partitions == 40
+    assert grouping.metric.name == "dot" and grouping.normalize is False and grouping.num_partitions == 320
+    assert (grouping.resources.gpus_per_node, grouping.resources.tasks_per_node) == (1, 1)  # a partition per process
     ranking = cfg.stage.part_ranking
     assert (ranking.num_clusters, ranking.num_partitions, ranking.min_score_1, ranking.min_area_ratio_1) == (8, 50, 0.3, 0.05)
     assert (ranking.min_score_2, ranking.min_area_ratio_2, ranking.classifier_metric.name) == (0.1, 0.05, "l2")
