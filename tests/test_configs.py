@@ -98,7 +98,7 @@ def test_stage_values_follow_the_setting_and_overrides(compose_cfg):
     assert compose_cfg("stage=pixel_grouping").stage.num_partitions == 8
     assert compose_cfg("stage=pixel_grouping", "setting=paper").stage.num_partitions == 320
     cfg = compose_cfg("stage=pixel_grouping", "experiment=paper", "stage.kmeans.k=5", "stage.partition=3")
-    assert (cfg.stage.kmeans.k, cfg.stage.partition, cfg.stage.num_partitions) == (5, 3, 40)
+    assert (cfg.stage.kmeans.k, cfg.stage.partition, cfg.stage.num_partitions) == (5, 3, 320)
     cfg = compose_cfg("stage=pipeline", "stage.pixel_grouping.metric=l2")
     assert cfg.stage.pixel_grouping.metric.name == "l2"
 
