@@ -43,3 +43,36 @@ def proposals(k: int) -> ToPredictions:
         return predictions
 
     return to_predictions
+
+
+def semantic() -> ToPredictions:
+    """Each image's semantic segmentation as one mask per predicted class (label = class id, score 1).
+
+    Mask2Former's semantic inference: per pixel, the class scores summed over queries,
+    softmax(class logits) without no-object x sigmoid(mask logits), then the argmax class. The mask
+    logits are upsampled to the padded input and cropped to the image's valid region (as
+    `top_instances`); the [C, h, w] class scores are then resized to the original image size. (detectron2
+    resizes the [Q, h, w] logits before the sigmoid; resizing the class scores is the same up to
+    resampling and needs C instead of Q maps at the original size.) Every pixel gets a class: the head
+    has no background class.
+    """
+
+    def to_predictions(outputs, batch: Batch, records: Sequence[dict]) -> list[Prediction]:
+        import torch.nn.functional as F
+
+        class_probs = outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # [B, Q, C]
+        padded = batch.pixel_values.shape[-2:]
+        predictions = []
+        for i, ((h, w), original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
+            logits = outputs.masks_queries_logits[i].float()[None]  # [1, Q, Hp/4, Wp/4]
+            logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[0, :, :h, :w]
+            scores = torch.einsum("qc,qhw->chw", class_probs[i], logits.sigmoid())  # [C, h, w]
+            scores = F.interpolate(scores[None], size=tuple(original), mode="bilinear", align_corners=False)[0]
+            label_map = scores.argmax(0)  # [H, W]
+            labels = label_map.unique()  # sorted class ids present
+            masks = label_map[None] == labels[:, None, None]
+            predictions.append(Prediction(masks.cpu().numpy(), labels.cpu().numpy().astype(np.int64),
+                                          np.ones(len(labels), np.float32)))
+        return predictions
+
+    return to_predictions
