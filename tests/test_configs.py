@@ -58,7 +58,7 @@ def test_paper_preset(compose_cfg):
     assert grouping.metric.name == "dot" and grouping.normalize is False and grouping.num_partitions == 320
     assert (grouping.resources.gpus_per_node, grouping.resources.tasks_per_node) == (1, 1)  # a partition per process
     ranking = cfg.stage.part_ranking
-    assert (ranking.num_clusters, ranking.num_partitions, ranking.min_score_1, ranking.min_area_ratio_1) == (8, 50, 0.3, 0.05)
+    assert (ranking.num_clusters, ranking.num_partitions, ranking.min_score_1, ranking.min_area_ratio_1) == (8, 400, 0.3, 0.05)
     assert (ranking.min_score_2, ranking.min_area_ratio_2, ranking.classifier_metric.name) == (0.1, 0.05, "l2")
     assert ranking.feature_norm is True
     proposals = cfg.stage.proposal_learning

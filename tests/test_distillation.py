@@ -128,7 +128,7 @@ def ranked(tmp_path, monkeypatch):
 
 def run(compose_cfg, run_dir, *overrides):
     return stages.run(compose_cfg("experiment=smoke", "stage=distillation", f"run_dir={run_dir}",
-                                  "stage.init_from_proposals=false", *overrides))["distillation"]
+                                  "stage.init_from=null", *overrides))["distillation"]
 
 
 def test_trains_evaluates_by_part_miou_and_resumes(ranked, compose_cfg, capsys):
@@ -165,7 +165,7 @@ def test_labels_beyond_the_part_classes_and_a_missing_proposal_model_are_named(r
     with pytest.raises(UserError, match="num_part_classes=2"):
         run(compose_cfg, ranked, "stage.num_part_classes=2")
     with pytest.raises(UserError, match="stage=proposal_learning"):
-        run(compose_cfg, ranked, "stage.init_from_proposals=true")
+        run(compose_cfg, ranked, f"stage.init_from={ranked}/proposal_learning")
 
 
 def test_evaluate_runs_the_trained_model_writes_its_predictions_and_rescoring_them_agrees(ranked, compose_cfg):
@@ -207,3 +207,36 @@ def test_evaluate_names_what_is_wrong_with_the_weights(ranked, compose_cfg, tmp_
     run(compose_cfg, ranked)
     with pytest.raises(ConfigError, match="model=tiny"):
         evaluate(f"model.weights={ranked}/distillation", "model=m2f_swin_tiny")
+
+
+def test_a_stage_starts_from_another_stages_model_all_but_the_class_head(compose_cfg, tmp_path):
+    from partdistill.engine.checkpoint import load_all_but_head, save_model_weights
+
+    trained = tiny_model(compose_cfg, 6)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)
+    save_model_weights(tmp_path / "model-0000010.safetensors", trained)
+    fresh = tiny_model(compose_cfg, 3)
+    head_before = fresh.class_predictor.weight.clone()
+    load_all_but_head(fresh, tmp_path / "model-0000010.safetensors")
+    theirs = dict(trained.named_parameters())
+    for name, parameter in fresh.named_parameters():
+        if name.startswith("class_predictor."):
+            continue
+        assert torch.equal(parameter, theirs[name]), name
+    assert torch.equal(fresh.class_predictor.weight, head_before)
+    with pytest.raises(UserError, match="no such file"):
+        load_all_but_head(fresh, tmp_path / "nowhere")
+    (tmp_path / "untrained").mkdir()
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        load_all_but_head(fresh, tmp_path / "untrained")
+
+
+def test_finetune_starts_from_the_distilled_model(ranked, compose_cfg):
+    run(compose_cfg, ranked)
+    result = stages.run(compose_cfg("experiment=smoke", "stage=finetune", f"run_dir={ranked}",
+                                    f"stage.init_from={ranked}/distillation"))["finetune"]
+    assert result["iterations"] == 4
+    head = json.loads(next((ranked / "finetune").glob("*/head.json")).read_text())
+    assert head["init_from"].startswith(str(ranked / "distillation/checkpoints/model-"))

@@ -211,6 +211,9 @@ class TrainingStageConfig(StageConfig):
     keep_checkpoints: int = 3
     resume: Resume = Resume.auto
     num_workers: int = 8
+    # start from a trained partdistill model (a stage folder such as ${run_dir}/proposal_learning, its
+    # checkpoints folder or a model file): all its weights but the class head; null = model.pretrained
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -245,8 +248,6 @@ class DistillationConfig(TrainingStageConfig):
     min_area_ratio: float = 0.05
     min_score: float = -1.0
     query_feature_normalize: bool = False  # L2-normalise query embeddings before the class head (1K)
-    # start from the part-proposal model in run_dir/proposal_learning (1K) instead of model.pretrained (22K)
-    init_from_proposals: bool = False
 
 
 class FinetuneHead(Enum):

@@ -31,6 +31,7 @@ from partdistill.io import replace_atomically
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+LOSS_PREFIX = "criterion."  # the loss's buffers in a Mask2Former state_dict
 _NAME = re.compile(r"^(model|state)-(\d+)\.(safetensors|pt)$")
 
 
@@ -217,7 +218,14 @@ def load_model_file(model: nn.Module, path: Path | str, strict: bool = True) -> 
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     tensors = load_file(str(path), device="cpu")
     tensors.update({alias: tensors[name] for alias, name in aliases.items()})
-    model.load_state_dict(tensors, strict=strict)
+    # the loss's buffers (transformers registers the criterion as a submodule) are not weights: their
+    # size follows how a stage configures its loss, which a model loaded for inference does not repeat
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(LOSS_PREFIX)}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    wrong = unexpected + [k for k in missing if not k.startswith(LOSS_PREFIX)]
+    if strict and wrong:
+        raise RuntimeError(f"{path} does not fit the model: missing {[k for k in missing if k in wrong][:5]}, "
+                           f"unexpected {unexpected[:5]}")
 
 
 def load_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -247,18 +255,41 @@ def load_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.O
     return {"iteration": state["iteration"], "extra": state["extra"]}
 
 
-def load_model_weights(model: nn.Module, source: Path | str, strict: bool = True) -> Path:
-    """Loads weights from a safetensors file, a checkpoints folder or a run folder (its newest
-    checkpoint); the `model.weights` option. Returns the file loaded."""
+def resolve_model_file(source: Path | str, option: str = "model.weights") -> Path:
+    """The model file of a safetensors file, a checkpoints folder or a run folder (its newest checkpoint)."""
     source = Path(source)
     if source.is_dir():
         folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
         ckpt = latest_checkpoint(folder)
         if ckpt is None:
-            raise UserError(f"model.weights={source}: no complete checkpoint in {folder}")
-        source = ckpt.model_path
-    elif not source.is_file():
-        raise UserError(f"model.weights={source}: no such file or folder")
+            raise UserError(f"{option}={source}: no complete checkpoint in {folder}; train the stage that writes "
+                            f"it first (e.g. stage=proposal_learning), or change {option}")
+        return ckpt.model_path
+    if not source.is_file():
+        raise UserError(f"{option}={source}: no such file or folder (a stage's folder appears when that stage "
+                        f"trains, e.g. stage=proposal_learning)")
+    return source
+
+
+def load_model_weights(model: nn.Module, source: Path | str, strict: bool = True) -> Path:
+    """Loads weights from a safetensors file, a checkpoints folder or a run folder (its newest
+    checkpoint); the `model.weights` option. Returns the file loaded."""
+    source = resolve_model_file(source)
     load_model_file(model, source, strict=strict)
     log.info("model weights loaded from %s", source)
     return source
+
+
+def load_all_but_head(model: nn.Module, source: Path | str, option: str = "stage.init_from") -> Path:
+    """Loads a trained model's weights except its class head (and loss buffers), whose size differs
+    between stages: how one stage starts from another's model. Returns the file loaded."""
+    path = resolve_model_file(source, option)
+    skip = ("class_predictor.", LOSS_PREFIX)
+    tensors = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith(skip)}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    wrong = unexpected + [k for k in missing if not k.startswith(skip)]
+    if wrong:
+        raise UserError(f"{option}={source}: {path} does not fit this model (check model=): "
+                        f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
+    log.info("%s: weights loaded from %s (all but the class head)", option, path)
+    return path

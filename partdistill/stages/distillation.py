@@ -10,8 +10,8 @@ evaluated later (`stage=evaluate model.weights=RUN_DIR/distillation`).
 Filters as the paper: objects covering no more than `stage.min_object_area_ratio` of the image are
 skipped, parts need an area ratio (of the image) above `stage.min_area_ratio` and a score above
 `stage.min_score`. The model starts from `model.pretrained` (22K: COCO Mask2Former) or, with
-`stage.init_from_proposals=true` (1K), from the part-proposal model in run_dir/proposal_learning
-(all but its class head). `stage.query_feature_normalize` (1K) L2-normalises the query embeddings
+`stage.init_from=${run_dir}/proposal_learning` (1K), from the part-proposal model (all but its
+class head). `stage.query_feature_normalize` (1K) L2-normalises the query embeddings
 before the class head.
 
 Evaluation (every `stage.eval_period` and at the end): unsupervised part mIoU with the majority
@@ -64,25 +64,6 @@ def training_items(records, classes: list[str], num_parts: int, min_object_area_
     return items
 
 
-def init_from_proposals(model, run_dir: Path) -> Path:
-    """Loads the newest part-proposal checkpoint into `model`, all but the class head (sizes differ)."""
-    from safetensors.torch import load_file
-
-    from partdistill.engine.checkpoint import latest_checkpoint
-
-    folder = run_dir / "proposal_learning" / "checkpoints"
-    ckpt = latest_checkpoint(folder)
-    if ckpt is None:
-        raise UserError(f"{STAGE}: stage.init_from_proposals=true but {folder} has no checkpoint: run "
-                        f"`python launch.py ... stage=proposal_learning` first, or set stage.init_from_proposals=false")
-    tensors = {k: v for k, v in load_file(str(ckpt.model_path)).items() if not k.startswith("class_predictor.")}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if unexpected or any(not k.startswith("class_predictor.") for k in missing):
-        raise UserError(f"{STAGE}: {ckpt.model_path} does not fit this model (model.*): missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    return ckpt.model_path
-
-
 def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, limit: int | None = None) -> dict:
     """{suite: part mIoU (majority mapping, learned on the suite's match split) of the class-conditioned
     parts} on each suite; `head` as written to head.json (classes, train_data, num_parts)."""
@@ -115,6 +96,7 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
 
 def run(cfg: DictConfig) -> dict:
     from partdistill.data.augmentation import InstanceDataset
+    from partdistill.engine.checkpoint import load_all_but_head
     from partdistill.models.conditioned_head import (
         conditioned_loss_terms,
         configure_conditioned_loss,
@@ -134,8 +116,8 @@ def run(cfg: DictConfig) -> dict:
                         f"(stage.min_object_area_ratio={s.min_object_area_ratio}, stage.min_area_ratio="
                         f"{s.min_area_ratio}, stage.min_score={s.min_score})")
     model = build_model(cfg.model, num_labels=num_parts * len(classes))
-    if s.init_from_proposals and cfg.model.weights is None:
-        init_from_proposals(model, run_dir)
+    if s.init_from is not None and cfg.model.weights is None:
+        load_all_but_head(model, s.init_from)
     if s.query_feature_normalize:
         normalize_queries(model)
     configure_conditioned_loss(model, s.loss, num_parts)

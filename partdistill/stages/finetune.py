@@ -19,7 +19,9 @@ int(N x p / 100)) made independent of the order the records load in. The same se
 the same images; a larger fraction keeps a superset; a fraction so small that N x f < 1 keeps one image.
 
 The model starts from `model.pretrained` (the COCO instance Mask2Former in the paper and
-compute-friendly settings) with a new head of `num_labels` classes, and trains on the engine with
+compute-friendly settings), or from a trained partdistill model with `stage.init_from=RUN_DIR/distillation`
+(all its weights but the class head: few-shot fine-tuning of the distilled model), with a new head of
+`num_labels` classes, and trains on the engine with
 `stage.solver`, `stage.freeze`, `stage.augmentation` (the paper's LSJ) and `stage.loss`; evaluation
 runs every `stage.eval_period` iterations and at the end (smoke runs score a few images).
 
@@ -33,6 +35,7 @@ eval_results.json (the last evaluation in full, per-part rows included), TensorB
     python launch.py stage=finetune eval=pascal_parts stage.fraction=0.1
     python launch.py -m stage=finetune eval=pascal_parts stage.fraction=0.01,0.05,0.1,1.0
     python launch.py experiment=paper stage=finetune eval=cityscapes_part stage.head=prop
+    python launch.py stage=finetune eval=pascal_parts stage.fraction=0.1 'stage.init_from=${run_dir}/distillation'
 """
 from __future__ import annotations
 
@@ -218,6 +221,10 @@ def run(cfg: DictConfig) -> dict:
 
     device, limit, size = device_of(cfg), eval_limit(cfg), int(s.augmentation.base_size)
     model = build_model(cfg.model, num_labels=num_labels)
+    if s.init_from is not None:
+        from partdistill.engine.checkpoint import load_all_but_head
+
+        head_info["init_from"] = str(load_all_but_head(model, s.init_from))
     configure_loss(model, s.loss)
     scorer = evaluate_semantic if head == "semseg" else evaluate_proposals
     last: dict = {}

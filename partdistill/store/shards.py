@@ -377,7 +377,10 @@ def _create_or_read(path: Path, header: dict) -> dict:
 
 
 def class_key(record: dict) -> str:
-    """A dataset record's class: its `wnid`, else `class-<category_id of its first annotation>`, else 'all'."""
+    """A record's class: the `class_key` a store record carries, else a dataset record's `wnid`, else
+    `class-<category_id of its first annotation>`, else 'all'."""
+    if "class_key" in record:
+        return record["class_key"]
     if "wnid" in record:
         return record["wnid"]
     if record.get("annotations"):
