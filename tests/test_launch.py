@@ -134,3 +134,26 @@ def test_a_sweep_is_checked_as_a_whole_before_any_job(root, launcher):
     sweep = root / "hydra_sweep"
     job_folders = [p for p in sweep.iterdir() if p.is_dir()] if sweep.exists() else []
     assert job_folders == []  # no job ran locally, nothing was handed to submitit
+
+
+@pytest.mark.parametrize("experiment", ["paper", "compute_friendly"])
+def test_the_full_size_pipeline_composes_and_dry_runs_with_its_real_resources(root, experiment):
+    result = launch(f"experiment={experiment}", "stage=pipeline", "hydra/launcher=slurm", "dry_run=true", root=root)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    if experiment == "paper":
+        expected = {
+            "object_masks": "480 partition(s)", "pixel_grouping": "320 partition(s)", "part_ranking": "400 partition(s)",
+            "proposal_learning": "1 job of 8 node(s) x 8 GPU(s), 64 process(es); 50000 iterations, batch 512",
+            "distillation": "1 job of 8 node(s) x 8 GPU(s), 64 process(es); 120000 iterations, batch 256",
+        }
+    else:
+        expected = {
+            "object_masks": "8 partition(s)", "pixel_grouping": "8 partition(s)", "part_ranking": "8 partition(s)",
+            "proposal_learning": "1 job of 1 node(s) x 8 GPU(s), 8 process(es); 90000 iterations, batch 64",
+            "distillation": "1 job of 1 node(s) x 8 GPU(s), 8 process(es); 90000 iterations, batch 32",
+        }
+    for stage, text in expected.items():
+        line = next(line for line in out.splitlines() if line.strip().startswith(stage))
+        assert text in line, line
+    assert "mem_per_gpu=60G, timeout_min=4320" in out and not (root / "runs").exists()
