@@ -65,25 +65,20 @@ RECORD_KEYS = ("image_id", "file_name", "height", "width", "class_key", "class_i
 def proposal_weights(cfg: DictConfig) -> tuple[Path, int | None]:
     """The proposal model's weights file and its iteration: `model.weights` (file, checkpoints folder or
     run folder) when set, else the newest checkpoint of run_dir/proposal_learning."""
-    from partdistill.engine.checkpoint import latest_checkpoint
+    from partdistill.engine.checkpoint import resolve_model_file
 
     if cfg.model.weights:
-        source = Path(cfg.model.weights).expanduser()
-        if source.is_file():
-            return source, _iteration(source)
-        folder = source / "checkpoints" if (source / "checkpoints").is_dir() else source
-        ckpt = latest_checkpoint(folder) if folder.is_dir() else None
-        if ckpt is None:
-            raise UserError(f"model.weights={cfg.model.weights}: no such file and no complete checkpoint in {folder}")
-        return ckpt.model_path, ckpt.iteration
-    folder = Path(cfg.run_dir) / PROPOSALS / "checkpoints"
-    ckpt = latest_checkpoint(folder) if folder.is_dir() else None
-    if ckpt is None:
-        raise UserError(
-            f"{STAGE}: no proposal model checkpoint in {folder}. Train it first with "
-            f"`python launch.py ... stage={PROPOSALS} run_dir={cfg.run_dir}` (the same experiment and data), "
-            f"or give one with model.weights=<checkpoint file, checkpoints folder or run folder>")
-    return ckpt.model_path, ckpt.iteration
+        path = resolve_model_file(Path(cfg.model.weights).expanduser())
+    else:
+        folder = Path(cfg.run_dir) / PROPOSALS
+        try:
+            path = resolve_model_file(folder)
+        except UserError:
+            raise UserError(
+                f"{STAGE}: no proposal model checkpoint in {folder}. Train it first with "
+                f"`python launch.py ... stage={PROPOSALS} run_dir={cfg.run_dir}` (the same experiment and data), "
+                f"or give one with model.weights=<checkpoint file, checkpoints folder or run folder>") from None
+    return path, _iteration(path)
 
 
 def _iteration(path: Path) -> int | None:
