@@ -17,7 +17,9 @@ On top of hydra-submitit-launcher's SLURM launcher, `SubmititSlurmLauncher`:
   * prints the job (array) id, where the logs go and how to watch and cancel;
   * on SLURM's signal (preemption, or `signal_delay_s` before the time limit) calls
     `partdistill.engine.preemption.request_save()` in the job, then requeues the same job with
-    the same overrides into the same output folder (at most `max_num_timeout` times);
+    the same overrides into the same output folder (at most `max_num_timeout` times); a stage
+    that saves at its next safe point (training: when the current step ends) is waited for,
+    at most `signal_delay_s / 2` seconds, before the requeue ends the process;
   * ends the sweep with one report naming each job that failed or died without a result (its
     job id, state, log files) and, for a partitioned stage, the command that resubmits only the
     incomplete partitions.
@@ -331,8 +333,56 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
         with open_dict(config.hydra.job) as job:
             job.id = submitit.JobEnvironment().job_id
             config.hydra.job.num = job_num
+        self._requeue_after_save(max(5.0, float(self.params.get("signal_delay_s") or 120) / 2))
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
                        job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
+    def _requeue_after_save(self, grace_s: float) -> None:
+        """Wraps submitit's handler of SLURM's signal (in this job process) so that a save the running
+        stage puts off to its next safe point is written before submitit requeues and exits.
+
+        submitit's handler calls `checkpoint()` and then `sys.exit`s from inside the signal handler,
+        in the middle of whatever the stage was doing: the Trainer, asked mid-step, would never reach
+        the end of the step where it saves. Here the signal first runs `request_save()`; when a
+        callback said `save_later()`, submitit's handler runs only once the stage calls
+        `preemption.saved()`, or after `grace_s` seconds, or at a second signal, whichever is first
+        (then the job resumes from its previous save).
+        """
+        import signal
+        import threading
+
+        import submitit
+
+        from partdistill.engine import preemption
+
+        signum = submitit.JobEnvironment._usr_sig()
+        requeue = signal.getsignal(signum)
+        if not callable(requeue):
+            return
+        launcher = self
+
+        def handler(sig: int, frame: Any) -> None:
+            if preemption.pending():  # signalled again (or the grace time is over) before the save
+                launcher._saved_before = (0, len(preemption.callbacks()))
+                requeue(sig, frame)
+                return
+            launcher._saved_before = (preemption.request_save(), len(preemption.callbacks()))
+            if not preemption.pending():
+                requeue(sig, frame)
+                return
+            print(f"partdistill: SLURM signalled the job: the stage saves at its next safe point; requeueing then "
+                  f"(or in {grace_s:.0f} s)", file=sys.stderr, flush=True)
+            timer = threading.Timer(grace_s, os.kill, (os.getpid(), sig))
+            timer.daemon = True
+            timer.start()
+
+            def after_save() -> None:
+                timer.cancel()
+                requeue(sig, None)
+
+            preemption.when_saved(after_save)
+
+        signal.signal(signum, handler)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Called by submitit on SLURM's signal (preemption or time limit), in global rank 0 only.
@@ -343,8 +393,12 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
         """
         from partdistill.engine import preemption
 
-        registered = len(preemption.callbacks())
-        saved = preemption.request_save()
+        saved_before, self._saved_before = getattr(self, "_saved_before", None), None  # None: not pickled
+        if saved_before is None:  # not asked yet (see _requeue_after_save)
+            registered = len(preemption.callbacks())
+            saved = preemption.request_save()
+        else:
+            saved, registered = saved_before
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID", "?")
         if os.environ.get("SLURM_ARRAY_TASK_ID"):
             job_id += f"_{os.environ['SLURM_ARRAY_TASK_ID']}"

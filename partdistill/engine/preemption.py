@@ -20,6 +20,12 @@ stage: they must write atomically (temporary file + rename) and not wait on othe
 stage that prefers to save at a safe point can poll `save_requested()` instead (and register
 nothing, or a callback that only records the request). Partitioned stages register nothing:
 the store keeps complete shards, drops the shard in flight, and a rerun skips complete shards.
+
+A callback that only records the request and saves later, at its stage's next safe point (the
+Trainer, between two steps), calls `save_later()`, and `saved()` once the save is written. The
+requeue waits for that: submitit's handler requeues the job and exits the process at once
+(`sys.exit` from inside the signal handler), which would otherwise end the stage before its save.
+The SLURM launcher passes its requeue to `when_saved()`; with nothing pending it runs at once.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 Callback = Callable[[], object]
 _callbacks: list[Callback] = []
 _requested = False
+_pending = False  # a callback called save_later() and its stage has not called saved() yet
+_after_save: list[Callback] = []  # run by saved(): the requeue that waits for the save
 
 
 def on_preemption(callback: Callback) -> Callback:
@@ -86,8 +94,39 @@ def request_save() -> int:
     return saved
 
 
+def save_later() -> None:
+    """Says that the save asked for is written later, at the stage's next safe point (which calls `saved()`)."""
+    global _pending
+    _pending = True
+
+
+def pending() -> bool:
+    """Whether a save asked for is still to be written (`save_later()` without `saved()` yet)."""
+    return _pending
+
+
+def when_saved(action: Callback) -> None:
+    """Runs `action` once the pending save is written (`saved()`), or now when none is pending."""
+    if not _pending:
+        action()
+        return
+    _after_save.append(action)
+
+
+def saved() -> None:
+    """Called by a stage once it has written the save it put off with `save_later()`: runs what
+    `when_saved()` queued (on SLURM: the requeue, which exits the process)."""
+    global _pending
+    _pending = False
+    actions = list(_after_save)
+    _after_save.clear()
+    for action in actions:
+        action()
+
+
 def reset() -> None:
-    """Forgets every callback and the request (tests; a process that runs several stages)."""
-    global _requested
+    """Forgets every callback, the request and what waits for it (tests; a process that runs several stages)."""
+    global _requested, _pending
     _callbacks.clear()
-    _requested = False
+    _after_save.clear()
+    _requested = _pending = False

@@ -17,7 +17,9 @@ backward -> full-model L2 clipping -> optimizer step -> scheduler step -> hooks.
 `save_now()` (registered with the SLURM preemption handler while `train()` runs) saves a
 checkpoint and makes `train()` stop. Called between steps it saves the state at once; called
 during a step (from a signal handler) it asks the loop to save when that step ends, because
-mid-step the model, optimizer and RNG states do not belong to one iteration.
+mid-step the model, optimizer and RNG states do not belong to one iteration; it tells
+`preemption.save_later()`, and the loop calls `preemption.saved()` after the save, which is when
+a SLURM job requeues itself (and exits).
 """
 from __future__ import annotations
 
@@ -173,6 +175,7 @@ class Trainer:
         if not self._running:
             return self.save_checkpoint(collective=False)
         self._stop_requested = True
+        preemption.save_later()  # a SLURM requeue waits for the save (preemption.saved() below)
         return None
 
     def _stop_agreed(self) -> bool:
@@ -211,6 +214,7 @@ class Trainer:
                     if self._stop_agreed():  # also at max_iter: a request during the last step still saves
                         self.save_checkpoint()
                         log.info("stopped at iteration %d after a save-now request", self.iter)
+                        preemption.saved()  # on SLURM: requeues the job now, and exits
                         break
                     if self.iter >= self.max_iter:
                         break
