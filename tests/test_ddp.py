@@ -15,12 +15,11 @@ What makes the loss comparable between the two (choices of this test, not of the
     for the whole batch, so a different batch split would draw different points. Here the two
     transformers modules see a `torch` whose `rand` gives every row of the leading dimension the
     same fixed draw; everything else, importance sampling included, is the real code.
-  * Every sample has the same number of target masks: without `accelerate`, transformers
-    normalises the mask and dice losses by this process's mask count (no all-reduce), and the
-    class loss is a no-object-weighted mean per process, so the DDP average of per-rank losses
-    equals the combined-batch loss only when the ranks hold equally many masks (with 3 and 5 masks
-    the gradients differ by up to 6 % of their largest entry). detectron2's Mask2Former all-reduces
-    that count; transformers does so only under `accelerate`.
+  * Every sample has the same number of target masks in the first test: the mask and dice losses
+    are normalised by the mask count of the whole DDP batch (`models.losses.build_criterion`
+    all-reduces it, as detectron2's Mask2Former), but the class loss is a no-object-weighted mean
+    per process (as in detectron2), so with 3 and 5 masks the class head's gradients differ by up to
+    6 % of the largest entry. The second test holds 3 and 5 masks with the class term weighted 0.
   * Gradient clipping off (`clip_grad_norm=0`): clipping rescales the already averaged gradient,
     the same way on both sides, and the smoke value (0.01) would leave gradients too small for
     an absolute tolerance to say anything.
@@ -80,7 +79,11 @@ def real_randomness() -> None:
 
 
 class FixedSamples(torch.utils.data.Dataset):
-    """Samples in the stage's collate format, each a function of its index only (ignores the seed)."""
+    """Samples in the stage's collate format, each a function of its index only (ignores the seed);
+    sample i has masks_per_sample[i] target masks."""
+
+    def __init__(self, masks_per_sample):
+        self.masks_per_sample = list(masks_per_sample)
 
     def __len__(self):
         return WORLD
@@ -93,13 +96,14 @@ class FixedSamples(torch.utils.data.Dataset):
         if index == 1:  # a padded image, as the augmentation's fixed-size crop makes
             pixel_mask[:, SIZE * 3 // 4:] = 0
             image[:, :, SIZE * 3 // 4:] = 0
-        masks = torch.zeros(MASKS_PER_SAMPLE, SIZE, SIZE)
-        for m in range(MASKS_PER_SAMPLE):
+        count = self.masks_per_sample[index]
+        masks = torch.zeros(count, SIZE, SIZE)
+        for m in range(count):
             y, x = torch.randint(0, SIZE // 2, (2,), generator=g).tolist()
             h, w = torch.randint(8, SIZE // 2, (2,), generator=g).tolist()
             masks[m, y:y + h, x:x + w] = 1.0
         return {"pixel_values": image, "pixel_mask": pixel_mask, "mask_labels": masks,
-                "class_labels": torch.zeros(MASKS_PER_SAMPLE, dtype=torch.int64)}
+                "class_labels": torch.zeros(count, dtype=torch.int64)}
 
 
 def one_step(cfg: dict, run_dir: str) -> dict:
@@ -118,7 +122,7 @@ def one_step(cfg: dict, run_dir: str) -> dict:
     solver = cfg.stage.solver
     optimizer = build_optimizer(model, solver, list(cfg.stage.freeze))
     scheduler = build_scheduler(optimizer, solver)
-    dataset = FixedSamples()
+    dataset = FixedSamples(cfg.get("masks_per_sample", [MASKS_PER_SAMPLE] * WORLD))
     sampler = ResumableSampler(len(dataset), seed=0, sample_seeds=True)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     per_rank = solver.ims_per_batch // world
@@ -164,20 +168,25 @@ def step_cfg(compose_cfg) -> dict:
                       "freeze": list(cfg.stage.freeze)}}
 
 
-def test_two_gloo_processes_give_the_gradients_of_one_process_on_the_combined_batch(step_cfg, tmp_path,
-                                                                                      monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(step_cfg, str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-
+def ddp_and_single(step_cfg: dict, folder) -> tuple[list[dict], dict]:
+    """One step as WORLD gloo processes and as one process on the combined batch."""
+    mp.spawn(_worker, args=(step_cfg, str(folder)), nprocs=WORLD, join=True)
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     per_sample_randomness()
     try:
-        single = one_step(step_cfg, str(tmp_path / "single"))
+        single = one_step(step_cfg, str(folder / "single"))
     finally:
         real_randomness()
         torch.set_num_threads(threads)
+    return ranks, single
+
+
+def test_two_gloo_processes_give_the_gradients_of_one_process_on_the_combined_batch(step_cfg, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks, single = ddp_and_single(step_cfg, tmp_path)
 
     assert single["world_size"] == 1 and single["wrapped"] != "DistributedDataParallel"
     assert [(r["rank"], r["world_size"], r["wrapped"]) for r in ranks] == \
@@ -209,6 +218,19 @@ def test_two_gloo_processes_give_the_gradients_of_one_process_on_the_combined_ba
         assert all(torch.equal(rank["weights"][n], single["weights"][n]) for n in frozen)
     assert sum(r["loss"] for r in ranks) / WORLD == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
     assert ranks[0]["loss"] != ranks[1]["loss"]  # the ranks did see different samples
+
+
+def test_the_mask_losses_are_normalised_by_the_mask_count_of_the_whole_ddp_batch(step_cfg, tmp_path, monkeypatch):
+    """Ranks holding 3 and 5 masks: the mask and dice terms (class term weighted 0; it is a weighted mean
+    per process, as in detectron2) match the combined batch because the mask count is all-reduced."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    step_cfg["masks_per_sample"] = [3, 5]
+    step_cfg["stage"]["loss"]["class_weight"] = 0.0
+    ranks, single = ddp_and_single(step_cfg, tmp_path)
+    for rank in ranks:
+        diff, where = max_diff(rank["grads"], single["grads"])
+        assert diff <= TOLERANCE, (diff, where)
+    assert sum(r["loss"] for r in ranks) / WORLD == pytest.approx(single["loss"], rel=1e-5, abs=1e-6)
 
 
 if __name__ == "__main__":  # for a look at the numbers: python tests/test_ddp.py

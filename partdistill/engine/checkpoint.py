@@ -77,6 +77,15 @@ def set_rng_state(state: dict) -> None:
                         len(state["cuda"]), torch.cuda.device_count())
 
 
+def seed_rank(rank: int) -> None:
+    """Offsets this process's python, numpy and torch RNGs by its rank, so the ranks of one job (seeded
+    alike to build identical models) draw different random numbers (loss point sampling, drop path)."""
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 @contextlib.contextmanager
 def rng_preserved() -> Iterator[None]:
     """Restores every RNG state afterwards, for work outside the training stream (evaluation,

@@ -82,7 +82,8 @@ class EvalHook(Hook):
             finally:
                 t.model.train()
         self.last_iter = t.iter
-        log.info("evaluation at iteration %d: %s", t.iter, json.dumps(self.results))
+        if self.results:
+            log.info("evaluation at iteration %d: %s", t.iter, json.dumps(self.results))
         t.metrics.update({f"eval/{k}": v for k, v in self.results.items()})
 
     def after_step(self) -> None:

@@ -138,6 +138,8 @@ class Trainer:
             found = ckpt_io.Checkpoint.at(self.checkpoint_dir, choice[0]) if choice[0] is not None else None
         if found is None:
             self.iter = self.start_iter = 0
+            if self.world_size > 1:  # ranks drew from one seed so far (identical weights); now their own streams
+                ckpt_io.seed_rank(self.rank)
             return
         state = ckpt_io.load_checkpoint(found, self.model, self.optimizer, self.scheduler, rank=self.rank)
         self.sampler.load_state_dict(state["extra"]["sampler"])

@@ -36,14 +36,12 @@ def slice_logits(class_logits: torch.Tensor, object_classes: torch.Tensor, num_p
 
 def configure_conditioned_loss(model, loss_cfg, num_parts: int) -> None:
     """The stage's loss weights on a criterion of K + 1 classes (the sliced logits), not the head's K x C + 1."""
-    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
-
-    from partdistill.models.losses import configure_loss
+    from partdistill.models.losses import build_criterion, configure_loss
 
     configure_loss(model, loss_cfg)
     config = model.config.__class__.from_dict(model.config.to_dict())
     config.num_labels = num_parts
-    model.criterion = Mask2FormerLoss(config=config, weight_dict=model.weight_dict)
+    model.criterion = build_criterion(config, model.weight_dict)
 
 
 def conditioned_loss_terms(num_parts: int):

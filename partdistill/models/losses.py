@@ -6,8 +6,6 @@ import torch
 
 def configure_loss(model, loss_cfg) -> None:
     """Rebuilds the model's criterion with `stage.loss`'s weights and point sampling."""
-    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
-
     config = model.config
     config.class_weight, config.mask_weight = float(loss_cfg.class_weight), float(loss_cfg.mask_weight)
     config.dice_weight, config.no_object_weight = float(loss_cfg.dice_weight), float(loss_cfg.no_object_weight)
@@ -16,7 +14,29 @@ def configure_loss(model, loss_cfg) -> None:
     config.importance_sample_ratio = float(loss_cfg.importance_sample_ratio)
     model.weight_dict = {"loss_cross_entropy": config.class_weight, "loss_mask": config.mask_weight,
                          "loss_dice": config.dice_weight}
-    model.criterion = Mask2FormerLoss(config=config, weight_dict=model.weight_dict)
+    model.criterion = build_criterion(config, model.weight_dict)
+
+
+def build_criterion(config, weight_dict: dict):
+    """transformers' Mask2FormerLoss whose mask and dice terms are normalised by the mask count of the
+    whole DDP batch (all-reduced, as detectron2's Mask2Former; transformers does it only under
+    accelerate), so a sample weighs the same whichever rank holds it."""
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    criterion = Mask2FormerLoss(config=config, weight_dict=weight_dict)
+    criterion.get_num_masks = _global_num_masks
+    return criterion
+
+
+def _global_num_masks(class_labels, device) -> torch.Tensor:
+    import torch.distributed as dist
+
+    num_masks = torch.as_tensor(float(sum(len(labels) for labels in class_labels)), device=device)
+    world_size = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_masks)
+        world_size = dist.get_world_size()
+    return torch.clamp(num_masks / world_size, min=1)
 
 
 def unwrap(model):
