@@ -3,7 +3,7 @@ dataset's own labels (method reference 2.6).
 
 Training data is the training split of the suite chosen by `eval=` (`<eval.dataset>_train`:
 pascal_parts_train, part_imagenet_train, cityscapes_part_train, synthetic_train); the scored split is
-the suite's (`split` in conf/eval/<suite>.yaml). Images with no annotated part are skipped (and counted).
+`eval.split` (the suite's, conf/eval/<suite>.yaml, unless overridden). Images with no annotated part are skipped (and counted).
 
 - `stage.head=semseg`: one class per part class of the dataset (50 for Pascal-Part, 40 PartImageNet,
   23 Cityscapes-Part); the targets of an image are one mask per part class present, the union of that
@@ -54,7 +54,7 @@ from partdistill.errors import UserError
 from partdistill.io import write_json_atomic
 from partdistill.plan import ConfigError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, suite_records, train
+from partdistill.stages.training import eval_limit, split_records, train
 
 STAGE = "finetune"
 EVAL_BATCH = 2
@@ -160,7 +160,7 @@ def evaluate_semantic(model, ev, size: int, device: torch.device, limit: int | N
     from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
     from partdistill.models.inference import predict_records, semantic
 
-    name, records = suite_records(ev.suite, limit)
+    name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
     evaluator = SupervisedMIoUEvaluator(catalog.metadata(name, project_root()), _value(ev.object_class))
     for chunk, predictions in predict_records(model, records, semantic(), size, device, EVAL_BATCH):
         evaluator.process(chunk, predictions)
@@ -172,7 +172,7 @@ def evaluate_proposals(model, ev, size: int, device: torch.device, limit: int | 
     from partdistill.evaluation.proposals import ProposalAREvaluator
     from partdistill.models.inference import predict_records, proposals
 
-    name, records = suite_records(ev.suite, limit)
+    name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
     evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()), min_gt_iou=float(ev.min_gt_iou),
                                     object_class=_value(ev.object_class))
     for chunk, predictions in predict_records(model, records, proposals(max(evaluator.limits)), size, device,

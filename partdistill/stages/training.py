@@ -25,7 +25,11 @@ def suite_records(suite: str, limit: int | None = None, split: int = 0) -> tuple
     from partdistill.plan import suite_dataset
 
     dataset, splits = suite_dataset(suite)
-    name = f"{dataset}_{splits[split]}"
+    return split_records(f"{dataset}_{splits[split]}", limit)
+
+
+def split_records(name: str, limit: int | None = None) -> tuple[str, list[dict]]:
+    """(name, the first `limit` or all records with annotations) of a catalog name, e.g. pascal_parts_val."""
     records = [r for r in catalog.load(name, project_root()) if r["annotations"]]
     return name, records[:limit] if limit else records
 
