@@ -200,3 +200,34 @@ def test_b_two_task_training_job_uses_both_ranks_and_checkpoints_once(grouped, t
     assert [row["iteration"] for row in metric_rows(run)] == list(range(1, DDP_ITER + 1))  # written once
     assert any(k.startswith("eval/synthetic/AR") for k in result)
     print(f"job {job}: 2 tasks, gloo world of 2, {DDP_ITER} iterations, checkpoints {checkpoints(run)} by rank 0")
+
+
+# -- (c) preemption of a job of two tasks ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_c_a_preempted_two_task_job_saves_once_requeues_and_both_ranks_resume(grouped, tmp_path):
+    root = grouped[0]
+    run, sweep = new_run(grouped, tmp_path / "run"), tmp_path / "sweep"
+    args = [sys.executable, str(base.LAUNCH), "-m", "hydra/launcher=slurm", *TWO_TASKS, *TRAIN,
+            "stage.solver.ims_per_batch=2", "hydra.launcher.timeout_min=30", f"run_dir={run}",
+            f"hydra.sweep.dir={sweep}"]
+    bg = base.Background(args, root, tmp_path / "launch")
+    job = bg.job_id()
+    seen = base.wait_until(lambda: logged(run) >= 3 and logged(run), 240, "the job to log 3 training iterations")
+    assert seen < MAX_ITER, "the job ended before it could be signalled: make TRAIN's steps slower"
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    code, out, err = bg.wait(timeout=300)
+    assert code == 0, out + err
+    assert int(base.job_state(job)["Restarts"]) == 1
+    logs = [task_logs(sweep, job, task) for task in (0, 1)]
+    stopped = [int(n) for n in re.findall(r"stopped at iteration (\d+) after a save-now request", logs[0])]
+    assert len(stopped) == 1, logs[0]
+    at = stopped[0]
+    assert seen <= at < MAX_ITER
+    for rank, log in enumerate(logs):  # the logs of the requeued run: both ranks resumed from the one save
+        assert f"resumed from {run}/{STAGE}/checkpoints/state-{at:07d}.pt (iteration {at})" in log, (rank, log)
+    assert checkpoints(run) == [at, MAX_ITER]
+    result = json.loads((run / STAGE / "metrics.json").read_text())
+    assert (result["start_iter"], result["iterations"]) == (at, MAX_ITER)
+    assert [row["iteration"] for row in metric_rows(run)] == list(range(1, MAX_ITER + 1))
