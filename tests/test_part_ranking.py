@@ -44,6 +44,14 @@ def test_clusters_recover_planted_part_types_per_class(metric, normalize):
         probs = ranking.classify(features[c], clusters.of(c), metric)
         assert probs.shape == (len(features[c]), k) and torch.allclose(probs.sum(-1), torch.ones(len(probs)))
         assert adjusted_rand_score(truth[c].numpy(), probs.argmax(-1).numpy()) == 1.0
+    # in groups of a bounded padded size (here one class per group) the same planted types come out
+    grouped = ranking.cluster_classes(features, k, dim, iters=100, n_init=4, generator=torch.Generator().manual_seed(0),
+                                      max_elements=61 * dim)
+    assert grouped.classes == clusters.classes and grouped.counts == clusters.counts
+    for c in grouped.classes:
+        labels = ranking.classify(features[c], grouped.of(c), metric).argmax(-1)
+        assert adjusted_rand_score(truth[c].numpy(), labels.numpy()) == 1.0
+    assert ranking._size_groups(["cat", "dog", "owl"], features, dim, 2 * 61 * dim) == [["owl", "cat"], ["dog"]]
     # no class has enough features: nothing is clustered, the shapes stay well defined
     none = ranking.cluster_classes({"few": features["few"]}, k, dim)
     assert none.classes == [] and none.centroids.shape == (0, k, dim) and none.too_few == {"few": k}

@@ -185,25 +185,43 @@ class ClassClusters:
 
 def cluster_classes(features: dict[str, Tensor], k: int, dim: int, iters: int = 300, tol: float = 1e-4,
                     n_init: int = 10, generator: torch.Generator | None = None,
-                    device: torch.device | str = "cpu") -> ClassClusters:
-    """K-means of each class's features [n_c, D] into k clusters, all classes in one batched call.
+                    device: torch.device | str = "cpu", max_elements: int = 2**27) -> ClassClusters:
+    """K-means of each class's features [n_c, D] into k clusters, classes batched together.
 
     A class with n_c <= k features (the paper's rule, which gives such classes random centroids) is
     not clustered: k-means of that few points says nothing about part types. It is listed in
-    `too_few` and the stage labels none of its images. `generator` must live on `device`.
+    `too_few` and the stage labels none of its images. Classes go to the batched k-means in groups of
+    similar size (largest first) holding at most `max_elements` padded feature values each (2^27:
+    512 MiB of float32 points), so padding stays small and memory bounded however many classes a
+    partition holds. `generator` must live on `device`.
     """
     eligible = sorted(c for c, f in features.items() if len(f) > k)
     too_few = {c: len(features[c]) for c in sorted(features) if c not in eligible}
-    if not eligible:
-        return ClassClusters([], torch.zeros(0, k, dim), [], too_few)
-    counts = [len(features[c]) for c in eligible]
-    points = torch.zeros(len(eligible), max(counts), dim, device=device)
-    valid = torch.zeros(len(eligible), max(counts), dtype=torch.bool, device=device)
-    for row, c in enumerate(eligible):
-        points[row, : counts[row]] = features[c].to(device=device, dtype=torch.float32)
-        valid[row, : counts[row]] = True
-    result = kmeans(points, valid, k=k, iters=iters, tol=tol, init="k-means++", n_init=n_init, generator=generator)
-    return ClassClusters(eligible, result.centroids.cpu(), counts, too_few)
+    centroids = torch.zeros(len(eligible), k, dim)
+    row_of = {c: row for row, c in enumerate(eligible)}
+    for group in _size_groups(eligible, features, dim, max_elements):
+        counts = [len(features[c]) for c in group]
+        points = torch.zeros(len(group), max(counts), dim, device=device)
+        valid = torch.zeros(len(group), max(counts), dtype=torch.bool, device=device)
+        for row, c in enumerate(group):
+            points[row, : counts[row]] = features[c].to(device=device, dtype=torch.float32)
+            valid[row, : counts[row]] = True
+        result = kmeans(points, valid, k=k, iters=iters, tol=tol, init="k-means++", n_init=n_init,
+                        generator=generator)
+        centroids[[row_of[c] for c in group]] = result.centroids.cpu()
+    return ClassClusters(eligible, centroids, [len(features[c]) for c in eligible], too_few)
+
+
+def _size_groups(classes: list[str], features: dict[str, Tensor], dim: int, max_elements: int) -> list[list[str]]:
+    """`classes` by decreasing feature count, cut into groups whose padded size (classes x largest
+    count x dim) stays within `max_elements` (a class larger than that forms a group of its own)."""
+    groups: list[list[str]] = []
+    for c in sorted(classes, key=lambda c: -len(features[c])):
+        if groups and (len(groups[-1]) + 1) * len(features[groups[-1][0]]) * dim <= max_elements:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
 
 
 def classify(features: Tensor, centroids: Tensor, metric: str) -> Tensor:
