@@ -6,6 +6,7 @@
     partdistill data index NAME                        build or refresh an ImageNet file index
     partdistill evaluate --dataset NAME --predictions FILE --out DIR   score saved predictions
     partdistill report SWEEP_DIR                       the summary table of an evaluation multirun
+    partdistill store show RUN_DIR STAGE [--overlays N]   a store's shards, and PNGs of its pseudo-labels
 """
 from __future__ import annotations
 
@@ -133,6 +134,25 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_show(args: argparse.Namespace) -> int:
+    """Prints a stage's store: complete and incomplete shards, records, skipped; writes overlays."""
+    from partdistill.store import Store
+    from partdistill.store.overlays import write_overlays
+
+    store = Store.open(Path(args.run_dir) / "store", args.stage)
+    summary = store.summary()
+    print(f"{args.stage}: {len(summary['complete'])} of {summary['num_partitions']} partition(s) complete, "
+          f"{summary['records']} records, {summary['skipped']} skipped -> {store.folder}")
+    if summary["incomplete"]:
+        shown = ", ".join(map(str, summary["incomplete"][:20])) + (" ..." if len(summary["incomplete"]) > 20 else "")
+        print(f"  incomplete: {shown}")
+    if args.overlays:
+        out = Path(args.out) if args.out else store.folder / "overlays"
+        written = write_overlays(store.records(), out, args.overlays)
+        print(f"  {len(written)} overlay(s) (image | parts by label) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("report", help="rebuild the summary table of an evaluation multirun")
     rep.add_argument("sweep_dir", help="the multirun's folder (it holds multirun.yaml)")
     rep.set_defaults(func=report)
+
+    store = commands.add_parser("store", help="the pseudo-label store").add_subparsers(dest="store_command",
+                                                                                        required=True)
+    show = store.add_parser("show", help="a stage's shards and PNG overlays of its pseudo-labels")
+    show.add_argument("run_dir", help="the run folder (it holds store/)")
+    show.add_argument("stage", choices=["object_masks", "pixel_grouping", "part_ranking"])
+    show.add_argument("--overlays", type=int, default=8, help="PNG overlays to write (0: none)")
+    show.add_argument("--out", help="folder for the overlays (default: the store's <stage>/overlays)")
+    show.set_defaults(func=store_show)
     return parser
 
 

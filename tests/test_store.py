@@ -218,3 +218,35 @@ def test_partition_records():
         assert flat == sorted(flat) and len(flat) == len(set(flat))  # whole classes, contiguous
     assert class_key({"annotations": [{"category_id": 7}, {"category_id": 2}]}) == "class-7"
     assert class_key({"annotations": []}) == "all" and class_key({"wnid": "n1", "annotations": [{}]}) == "n1"
+
+
+def test_store_show_counts_the_shards_and_draws_the_pseudo_labels(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from partdistill import cli
+    from partdistill.data import masks
+    from partdistill.store.overlays import label_map
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 6, 3), 200, np.uint8)).save(image)
+    left, right = np.zeros((4, 6), bool), np.zeros((4, 6), bool)
+    left[:, :3], right[:, 3:5] = True, True
+    record = {"image_id": "a", "file_name": str(image), "height": 4, "width": 6, "class_key": "n01",
+              "objects": [{"segmentation": masks.encode(left | right),
+                           "parts": [{"segmentation": masks.encode(left), "label": 5},
+                                     {"segmentation": masks.encode(right), "label": 1}]}]}
+    labels, used = label_map(record)
+    assert used == 6 and labels[:, :3].tolist() == [[5] * 3] * 4 and labels[:, 3:5].tolist() == [[1] * 2] * 4
+    assert (labels[:, 5] == -1).all()
+    store = Store(tmp_path / "run/store", "part_ranking", 2, {"test": 1})
+    with store.write_shard(0, classes=["n01"]) as shard:
+        shard.add(record)
+    assert cli.main(["store", "show", str(tmp_path / "run"), "part_ranking"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 partition(s) complete, 1 records, 0 skipped" in out and "incomplete: 1" in out
+    png = store.folder / "overlays" / "n01_a.png"
+    with Image.open(png) as drawn:
+        assert drawn.size == (12, 4)  # image | overlay
+    assert cli.main(["store", "show", str(tmp_path / "nowhere"), "part_ranking"]) == 2
+    assert "stage=part_ranking" in capsys.readouterr().err
