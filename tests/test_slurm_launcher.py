@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.partdistill_launchers import launchers
+from hydra_plugins.partdistill_launchers import launchers, submission
 from partdistill import config, sweeps
 from partdistill.config.resolver import CHECKOUT
 from partdistill.engine import distributed, preemption
@@ -38,7 +38,7 @@ def batch_script(tmp_path, init: dict, update: dict) -> str:
 
 def test_paper_gpu_job_maps_to_the_papers_resources(compose_cfg, tmp_path):
     params = launcher_settings(compose_cfg, "experiment=paper", "stage=distillation")
-    init, update = launchers.executor_parameters(params)
+    init, update = submission.executor_parameters(params)
     assert init["slurm_max_num_timeout"] == 3 and init["cluster"] == "slurm"
     assert "snapshot" not in update and "slurm_snapshot" not in update
     script = batch_script(tmp_path, init, update)
@@ -51,7 +51,7 @@ def test_paper_gpu_job_maps_to_the_papers_resources(compose_cfg, tmp_path):
 def test_cpu_job_asks_for_no_gpu_and_no_memory_per_gpu(compose_cfg, tmp_path):
     params = launcher_settings(compose_cfg, "experiment=smoke", "stage=object_masks", "hydra.launcher.cpus_per_task=1",
                                "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5")
-    init, update = launchers.executor_parameters(params)
+    init, update = submission.executor_parameters(params)
     script = batch_script(tmp_path, init, update)
     assert "--gpus-per-node" not in script and "--mem-per-gpu" not in script
     for flag in ("--partition=debug", "--cpus-per-task=1", "--time=5", "--ntasks-per-node=1"):
@@ -60,7 +60,7 @@ def test_cpu_job_asks_for_no_gpu_and_no_memory_per_gpu(compose_cfg, tmp_path):
 
 def test_mem_gb_replaces_mem_per_gpu(compose_cfg, tmp_path):
     params = launcher_settings(compose_cfg, "experiment=paper", "stage=distillation", "hydra.launcher.mem_gb=400")
-    script = batch_script(tmp_path, *launchers.executor_parameters(params))
+    script = batch_script(tmp_path, *submission.executor_parameters(params))
     assert "#SBATCH --mem=400GB\n" in script and "--mem-per-gpu" not in script
 
 
@@ -79,7 +79,7 @@ def test_autoexecutor_receives_the_mapped_parameters(compose_cfg, monkeypatch):
     monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
     params = launcher_settings(compose_cfg, "experiment=smoke", "stage=object_masks",
                                "hydra.launcher.max_num_timeout=7", "hydra.launcher.array_parallelism=4")
-    init, update = launchers.executor_parameters(params)
+    init, update = submission.executor_parameters(params)
     submitit.AutoExecutor(**init).update_parameters(**update)
     assert calls["init"] == {"folder": "/tmp/sweep/.submitit/%j", "cluster": "slurm", "slurm_max_num_timeout": 7}
     assert calls["update"]["slurm_array_parallelism"] == 4 and calls["update"]["slurm_signal_delay_s"] == 120
@@ -87,16 +87,16 @@ def test_autoexecutor_receives_the_mapped_parameters(compose_cfg, monkeypatch):
 
 
 def test_job_setup_lines_pin_threads_root_and_snapshot(tmp_path):
-    lines = launchers.job_setup_lines(tmp_path / "snap", tmp_path / "root")
+    lines = submission.job_setup_lines(tmp_path / "snap", tmp_path / "root")
     text = "\n".join(lines)
     assert 'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' in text
     assert f"export PART_DISTILLATION_ROOT={tmp_path}/root" in text
     assert f"export PYTHONPATH={tmp_path}/snap${{PYTHONPATH:+:$PYTHONPATH}}" in text
-    assert "PYTHONPATH" not in "\n".join(launchers.job_setup_lines(None, tmp_path))
+    assert "PYTHONPATH" not in "\n".join(submission.job_setup_lines(None, tmp_path))
 
 
 def test_snapshot_copies_code_config_and_metadata(tmp_path):
-    target = launchers.take_snapshot(launchers.snapshot_folder(tmp_path))
+    target = submission.take_snapshot(submission.snapshot_folder(tmp_path))
     assert target.parent == tmp_path / ".snapshot"
     assert (target / "partdistill" / "engine" / "preemption.py").is_file()
     assert (target / "conf" / "config.yaml").read_text() == (CHECKOUT / "conf" / "config.yaml").read_text()
@@ -120,9 +120,9 @@ def test_a_job_that_can_never_start_is_cancelled_with_the_reason(monkeypatch):
         out = next(reasons) if cmd[0] == "squeue" else ""
         return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
 
-    monkeypatch.setattr(launchers.subprocess, "run", fake_run)
-    with pytest.raises(launchers.SubmissionError) as refused:
-        launchers.refuse_hopeless("88", {"time": 120, "partition": "short"}, interval_s=0)
+    monkeypatch.setattr(submission.subprocess, "run", fake_run)
+    with pytest.raises(submission.SubmissionError) as refused:
+        submission.refuse_hopeless("88", {"time": 120, "partition": "short"}, interval_s=0)
     assert "can never start (pending reason: PartitionTimeLimit); partdistill cancelled job 88" in str(refused.value)
     assert "asked for: partition=short, time=120" in str(refused.value)
     assert calls[-1] == ["scancel", "88"]
@@ -135,8 +135,8 @@ def test_a_job_waiting_for_resources_or_priority_is_left_alone(monkeypatch):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, stdout="90|PD|Priority\n91|R|None", stderr="")
 
-    monkeypatch.setattr(launchers.subprocess, "run", fake_run)
-    launchers.refuse_hopeless("90", {}, checks=2, interval_s=0)
+    monkeypatch.setattr(submission.subprocess, "run", fake_run)
+    submission.refuse_hopeless("90", {}, checks=2, interval_s=0)
     assert [c[0] for c in calls] == ["squeue", "squeue"]
 
 
