@@ -31,12 +31,11 @@ from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.errors import UserError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, suite_records, train
+from partdistill.stages.training import eval_limit, score, suite_records, train
 from partdistill.store import Store, class_key
 
 STAGE = "distillation"
 UPSTREAM = "part_ranking"
-EVAL_BATCH = 2
 
 
 def training_items(records, classes: list[str], num_parts: int, min_object_area_ratio: float, min_area_ratio: float,
@@ -82,16 +81,12 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
     from partdistill.data.class_map import training_classes
     from partdistill.evaluation.part_miou import PartMIoUEvaluator
     from partdistill.models.conditioned_head import conditioned_parts
-    from partdistill.models.inference import predict_records
 
     name, records = suite_records(suite, limit, split)
     meta = catalog.metadata(name, project_root())
-    evaluator = PartMIoUEvaluator(meta, "majority", "synset")
     to_predictions = conditioned_parts(training_classes(meta, name, head["train_data"], head["classes"]),
                                        head["num_parts"])
-    for chunk, predictions in predict_records(model, records, to_predictions, size, device, EVAL_BATCH):
-        evaluator.process(chunk, predictions)
-    return evaluator
+    return score(model, PartMIoUEvaluator(meta, "majority", "synset"), records, to_predictions, size, device)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -54,10 +54,9 @@ from partdistill.errors import UserError
 from partdistill.io import write_json_atomic
 from partdistill.plan import ConfigError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, split_records, train
+from partdistill.stages.training import eval_limit, score, score_proposals, split_records, train
 
 STAGE = "finetune"
-EVAL_BATCH = 2
 HEADS = ("semseg", "prop")
 
 
@@ -158,27 +157,17 @@ def output_name(suite: str, head: str, fraction: float, subset_seed: int) -> str
 def evaluate_semantic(model, ev, size: int, device: torch.device, limit: int | None = None) -> dict:
     """{suite: supervised mIoU, mACC, pixel_acc, per-part rows} of the model's semantic predictions."""
     from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
-    from partdistill.models.inference import predict_records, semantic
+    from partdistill.models.inference import semantic
 
     name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
     evaluator = SupervisedMIoUEvaluator(catalog.metadata(name, project_root()), _value(ev.object_class))
-    for chunk, predictions in predict_records(model, records, semantic(), size, device, EVAL_BATCH):
-        evaluator.process(chunk, predictions)
-    return {ev.suite: evaluator.evaluate()}
+    return {ev.suite: score(model, evaluator, records, semantic(), size, device).evaluate()}
 
 
 def evaluate_proposals(model, ev, size: int, device: torch.device, limit: int | None = None) -> dict:
     """{suite: AR@k and AR-nonoverlap@k of the model's top proposals}."""
-    from partdistill.evaluation.proposals import ProposalAREvaluator
-    from partdistill.models.inference import predict_records, proposals
-
-    name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
-    evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()), min_gt_iou=float(ev.min_gt_iou),
-                                    object_class=_value(ev.object_class))
-    for chunk, predictions in predict_records(model, records, proposals(max(evaluator.limits)), size, device,
-                                              EVAL_BATCH):
-        evaluator.process(chunk, predictions)
-    return {ev.suite: evaluator.evaluate()}
+    return {ev.suite: score_proposals(model, *split_records(f"{ev.dataset}_{ev.split}", limit), size, device,
+                                      min_gt_iou=float(ev.min_gt_iou), object_class=_value(ev.object_class))}
 
 
 def _value(option) -> str:

@@ -23,16 +23,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from partdistill.config.resolver import project_root
-from partdistill.data import catalog, masks
+from partdistill.data import masks
 from partdistill.errors import UserError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, suite_records, train
+from partdistill.stages.training import eval_limit, score_proposals, suite_records, train
 from partdistill.store import Store
 
 STAGE = "proposal_learning"
 UPSTREAM = "pixel_grouping"
-EVAL_BATCH = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,18 +62,7 @@ def training_items(records, min_object_area_ratio: float, min_area_ratio: float)
 
 def evaluate_proposals(model, suites, size: int, device: torch.device, limit: int | None = None) -> dict:
     """{suite: AR@k and AR-nonoverlap@k of the model's top proposals} on each suite's scored split."""
-    from partdistill.evaluation.proposals import ProposalAREvaluator
-    from partdistill.models.inference import predict_records, proposals
-
-    results = {}
-    for suite in suites:
-        name, records = suite_records(suite, limit)
-        evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()))
-        for chunk, predictions in predict_records(model, records, proposals(max(evaluator.limits)), size, device,
-                                                  EVAL_BATCH):
-            evaluator.process(chunk, predictions)
-        results[suite] = evaluator.evaluate()
-    return results
+    return {suite: score_proposals(model, *suite_records(suite, limit), size, device) for suite in suites}
 
 
 # ---------------------------------------------------------------------------------------------

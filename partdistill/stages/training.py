@@ -18,6 +18,7 @@ from partdistill.data.augmentation import collate
 from partdistill.io import write_json_atomic
 
 SMOKE_EVAL_IMAGES = 16  # images per suite scored by a smoke run's evaluation
+EVAL_BATCH = 2  # images per forward pass of a training stage's evaluation
 
 
 def suite_records(suite: str, limit: int | None = None, split: int = 0) -> tuple[str, list[dict]]:
@@ -32,6 +33,25 @@ def split_records(name: str, limit: int | None = None) -> tuple[str, list[dict]]
     """(name, the first `limit` or all records with annotations) of a catalog name, e.g. pascal_parts_val."""
     records = [r for r in catalog.load(name, project_root()) if r["annotations"]]
     return name, records[:limit] if limit else records
+
+
+def score(model, evaluator, records: list[dict], to_predictions, size: int, device: torch.device):
+    """Feeds the model's predictions on `records` (images fit into `size`) to `evaluator`; returns it."""
+    from partdistill.models.inference import predict_records
+
+    for chunk, predictions in predict_records(model, records, to_predictions, size, device, EVAL_BATCH):
+        evaluator.process(chunk, predictions)
+    return evaluator
+
+
+def score_proposals(model, name: str, records: list[dict], size: int, device: torch.device, **options) -> dict:
+    """AR@k and AR-nonoverlap@k of the model's top proposals on `records` of dataset `name`;
+    `options` go to the ProposalAREvaluator (min_gt_iou, object_class)."""
+    from partdistill.evaluation.proposals import ProposalAREvaluator
+    from partdistill.models.inference import proposals
+
+    evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()), **options)
+    return score(model, evaluator, records, proposals(max(evaluator.limits)), size, device).evaluate()
 
 
 def eval_limit(cfg: DictConfig) -> int | None:
