@@ -35,6 +35,14 @@ def area(rles: Sequence[dict]) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
+def union(rles: Sequence[dict]) -> dict:
+    """The union of same-size RLEs, computed on the RLEs (no decoding); `counts` as str."""
+    if len(rles) == 1:
+        return rles[0]
+    merged = mask_utils.merge([_bytes(r) for r in rles], intersect=False)
+    return {"size": [int(v) for v in merged["size"]], "counts": merged["counts"].decode("ascii")}
+
+
 def _bytes(rle: dict) -> dict:
     counts = rle["counts"]
     return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}

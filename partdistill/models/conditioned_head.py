@@ -96,6 +96,15 @@ def object_parts(class_logits: torch.Tensor, mask_logits: torch.Tensor, object_m
     return masks, present, best
 
 
+def parts_of_head(head: dict, metadata, dataset_name: str):
+    """`conditioned_parts` for a distillation model described by its head.json (training classes, the
+    data they came from, parts per class) on dataset `dataset_name` with `metadata`."""
+    from partdistill.data.class_map import training_classes
+
+    return conditioned_parts(training_classes(metadata, dataset_name, head["train_data"], head["classes"]),
+                             head["num_parts"])
+
+
 def conditioned_parts(object_classes: Sequence[int | None], num_parts: int, top_k: int = 200):
     """to_predictions for `models.inference.predict_records`: the parts of every ground-truth object of
     each record, conditioned on `object_classes[category_id]` (the training class of each dataset class)."""

@@ -78,15 +78,13 @@ def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, l
 
 def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, limit: int | None):
     """A PartMIoUEvaluator that has processed the model's parts on a suite's split (0 scored, 1 match)."""
-    from partdistill.data.class_map import training_classes
     from partdistill.evaluation.part_miou import PartMIoUEvaluator
-    from partdistill.models.conditioned_head import conditioned_parts
+    from partdistill.models.conditioned_head import parts_of_head
 
     name, records = suite_records(suite, limit, split)
     meta = catalog.metadata(name, project_root())
-    to_predictions = conditioned_parts(training_classes(meta, name, head["train_data"], head["classes"]),
-                                       head["num_parts"])
-    return score(model, PartMIoUEvaluator(meta, "majority", "synset"), records, to_predictions, size, device)
+    return score(model, PartMIoUEvaluator(meta, "majority", "synset"), records, parts_of_head(head, meta, name),
+                 size, device)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -79,12 +79,9 @@ def to_predictions_for(head: dict, cfg: DictConfig, dataset_name: str):
                               f"scored on eval={cfg.eval.suite}: use eval=<its suite>")
         return inference.semantic()
     if kind == "conditioned_parts":
-        from partdistill.data.class_map import training_classes
-        from partdistill.models.conditioned_head import conditioned_parts
+        from partdistill.models.conditioned_head import parts_of_head
 
-        meta = catalog.metadata(dataset_name, project_root())
-        return conditioned_parts(training_classes(meta, dataset_name, head["train_data"], head["classes"]),
-                                 head["num_parts"])
+        return parts_of_head(head, catalog.metadata(dataset_name, project_root()), dataset_name)
     raise ConfigError(f"unknown head kind {kind!r} in {HEAD_FILE}")
 
 

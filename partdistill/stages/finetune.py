@@ -50,6 +50,7 @@ from omegaconf import DictConfig
 
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
+from partdistill.engine.distributed import is_main_process
 from partdistill.errors import UserError
 from partdistill.io import write_json_atomic
 from partdistill.plan import ConfigError
@@ -96,18 +97,6 @@ def few_shot_subset(records: Sequence[dict], fraction: float, seed: int) -> list
 # targets
 
 
-def _union(rles: list[dict]) -> dict:
-    """The union of same-size RLE masks, computed on the RLEs (no decoding)."""
-    if len(rles) == 1:
-        return rles[0]
-    from pycocotools import mask as mask_utils
-
-    as_bytes = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-                 else r["counts"]} for r in rles]
-    merged = mask_utils.merge(as_bytes, intersect=False)
-    return {"size": [int(v) for v in merged["size"]], "counts": merged["counts"].decode("ascii")}
-
-
 def semseg_item(record: dict) -> dict | None:
     """One mask per part class present in the image (the union over its objects), labelled by the part
     class id, in class order; None when the image has no non-empty part."""
@@ -117,7 +106,7 @@ def semseg_item(record: dict) -> dict | None:
             by_class[int(part["category_id"])].append(part["segmentation"])
     segments, labels = [], []
     for class_id in sorted(by_class):
-        rle = _union(by_class[class_id])
+        rle = masks.union(by_class[class_id])
         if masks.area([rle])[0] > 0:
             segments.append(rle)
             labels.append(class_id)
@@ -228,7 +217,7 @@ def run(cfg: DictConfig) -> dict:
                "masks": sum(len(i["segments"]) for i in items)}
     result = train(cfg, stage_name, model, InstanceDataset(items, s.augmentation), loss_terms, evaluate, summary,
                    head=head_info)
-    if last and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+    if last and is_main_process():
         write_json_atomic(Path(cfg.run_dir) / stage_name / "eval_results.json",
                           {"iteration": result["iterations"], **last})
     return result

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.data.augmentation import collate
+from partdistill.engine.distributed import is_main_process
 from partdistill.io import write_json_atomic
 
 SMOKE_EVAL_IMAGES = 16  # images per suite scored by a smoke run's evaluation
@@ -82,7 +83,7 @@ def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: C
 
     s = cfg.stage
     out_dir = Path(cfg.run_dir) / stage_name
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    if is_main_process():
         write_json_atomic(out_dir / HEAD_FILE, {"stage": stage_name, **head, "image_size": int(s.augmentation.base_size),
                                                 "model": OmegaConf.to_container(cfg.model, resolve=True)})
     optimizer = build_optimizer(model, s.solver, list(s.freeze))
