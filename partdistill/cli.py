@@ -148,7 +148,7 @@ def store_show(args: argparse.Namespace) -> int:
         print(f"  incomplete: {shown}")
     if args.overlays:
         out = Path(args.out) if args.out else store.folder / "overlays"
-        written = write_overlays(store.records(), out, args.overlays)
+        written = write_overlays(store.records(), out, args.overlays, args.stage)
         print(f"  {len(written)} overlay(s) (image | parts by label) -> {out}")
     return 0
 

@@ -236,8 +236,9 @@ def test_store_show_counts_the_shards_and_draws_the_pseudo_labels(tmp_path, caps
               "objects": [{"segmentation": masks.encode(left | right),
                            "parts": [{"segmentation": masks.encode(left), "label": 5},
                                      {"segmentation": masks.encode(right), "label": 1}]}]}
-    labels, used = label_map(record)
-    assert used == 6 and labels[:, :3].tolist() == [[5] * 3] * 4 and labels[:, 3:5].tolist() == [[1] * 2] * 4
+    labels, names = label_map(record)
+    assert names == {5: "part 5", 1: "part 1"}
+    assert labels[:, :3].tolist() == [[5] * 3] * 4 and labels[:, 3:5].tolist() == [[1] * 2] * 4
     assert (labels[:, 5] == -1).all()
     store = Store(tmp_path / "run/store", "part_ranking", 2, {"test": 1})
     with store.write_shard(0, classes=["n01"]) as shard:
@@ -247,6 +248,6 @@ def test_store_show_counts_the_shards_and_draws_the_pseudo_labels(tmp_path, caps
     assert "1 of 2 partition(s) complete, 1 records, 0 skipped" in out and "incomplete: 1" in out
     png = store.folder / "overlays" / "n01_a.png"
     with Image.open(png) as drawn:
-        assert drawn.size == (12, 4)  # image | overlay
+        assert drawn.height >= 256 and drawn.width > 2 * 6 * 64  # image | overlay, each upscaled 64x
     assert cli.main(["store", "show", str(tmp_path / "nowhere"), "part_ranking"]) == 2
     assert "stage=part_ranking" in capsys.readouterr().err

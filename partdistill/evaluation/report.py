@@ -1,12 +1,10 @@
-"""What an evaluation leaves on disk: metrics.json, per-class CSVs, a Markdown summary, PNG overlays."""
+"""What an evaluation leaves on disk: metrics.json, per-class CSVs and a Markdown summary (its PNG
+overlays are drawn by evaluation.figures)."""
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from partdistill.io import write_json_atomic, write_text_atomic
 
@@ -50,25 +48,3 @@ def write_results(results: dict, out_dir: Path, title: str) -> None:
     if results.get("per_class"):
         text += ["", "## Per object class", "", markdown_table(results["per_class"], ["class", "objects", "mIoU", "mACC", "mIoPred"])]
     write_text_atomic(out_dir / "summary.md", "\n".join(text) + "\n")
-
-
-def palette(n: int) -> np.ndarray:
-    """[n, 3] uint8 distinct-ish colours, the same for the same n."""
-    rng = np.random.default_rng(12345)
-    return rng.integers(40, 256, size=(max(n, 1), 3)).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, part_map: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """The image with each pixel of part_map >= 0 tinted by its part's colour."""
-    out = image.astype(np.float32).copy()
-    shown = part_map >= 0
-    out[shown] = (1 - alpha) * out[shown] + alpha * colours[part_map[shown]]
-    return out.astype(np.uint8)
-
-
-def save_overlay(path: Path, image: np.ndarray, gt_parts: np.ndarray, predicted_parts: np.ndarray, num_parts: int) -> None:
-    """image | ground-truth parts | predicted parts (after the label mapping), side by side as a PNG."""
-    colours = palette(num_parts)
-    panels = [image, overlay(image, gt_parts, colours), overlay(image, predicted_parts, colours)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(panels, axis=1)).save(path)

@@ -10,10 +10,11 @@ from tqdm import tqdm
 from partdistill.data import catalog
 from partdistill.data.images import UnreadableImage, read_rgb
 from partdistill.evaluation.coco_ap import PartAPEvaluator
+from partdistill.evaluation.figures import Panel, save_grid
 from partdistill.evaluation.part_miou import PartMIoUEvaluator
 from partdistill.evaluation.predictions import PredictionError, group_by_image, read_predictions, to_prediction
 from partdistill.evaluation.proposals import ProposalAREvaluator
-from partdistill.evaluation.report import save_overlay, write_results
+from partdistill.evaluation.report import write_results
 from partdistill.evaluation.samples import class_space, object_samples
 from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
 
@@ -89,6 +90,7 @@ def evaluate_saved(
 def _write_overlays(records, grouped, miou: PartMIoUEvaluator, mapping: dict, folder: Path, count: int) -> None:
     """PNG overlays of the first `count` images with scored objects: image | GT parts | mapped prediction."""
     part_index = {name: i for i, name in enumerate(miou.part_names)}
+    names = dict(enumerate(miou.part_names))
     written = 0
     for record in records:
         samples = object_samples(record, miou.parts_of, miou.to_class)
@@ -114,5 +116,7 @@ def _write_overlays(records, grouped, miou: PartMIoUEvaluator, mapping: dict, fo
                 if label + 1 < len(lut):
                     lut[label + 1] = part_index.get(part, -1)
             pred_map[y0:y1, x0:x1][s.mask] = lut[crop + 1]
-        save_overlay(folder / f"{record['image_id']}.png", image, gt_map, pred_map, len(miou.part_names))
+        save_grid(folder / f"{record['image_id']}.png", [[
+            Panel("image", image), Panel("ground truth", image, gt_map, names),
+            Panel("prediction (mapped)", image, pred_map, names)]])
         written += 1

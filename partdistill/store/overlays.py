@@ -6,46 +6,45 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from partdistill.data import masks
-from partdistill.data.images import read_rgb
-from partdistill.evaluation.report import overlay, palette
-from partdistill.io import replace_atomically
+from partdistill.data.images import UnreadableImage, read_rgb
+from partdistill.evaluation.figures import Panel, save_grid
 
-LABEL_KEYS = ("label", "cluster")  # a part's label in the part_ranking / pixel_grouping records
+# a part's label in the part_ranking / pixel_grouping records, and how the legend names it
+LABEL_KEYS = {"label": "part", "cluster": "cluster"}
 
 
-def label_map(record: dict) -> tuple[np.ndarray, int]:
-    """[H, W] int: each pixel's part label (-1 outside every part), and the number of labels used;
-    records without parts colour each object by its index."""
+def label_map(record: dict) -> tuple[np.ndarray, dict[int, str]]:
+    """[H, W] int: each pixel's part label (-1 outside every part), and the legend name of each label
+    used ("part 3", "cluster 1"); records without parts label each object by its index ("object 0")."""
     out = np.full((record["height"], record["width"]), -1, np.int64)
-    top = 0
+    names = {}
     for index, obj in enumerate(record["objects"]):
         parts = obj.get("parts") or []
         if not parts:
             out[masks.decode(obj["segmentation"]).astype(bool)] = index
-            top = max(top, index + 1)
+            names[index] = f"object {index}"
         for part in parts:
-            label = next((int(part[k]) for k in LABEL_KEYS if k in part), 0)
+            key = next((k for k in LABEL_KEYS if k in part), None)
+            label = int(part[key]) if key else 0
             out[masks.decode(part["segmentation"]).astype(bool)] = label
-            top = max(top, label + 1)
-    return out, top
+            names[label] = f"{LABEL_KEYS.get(key, 'part')} {label}"
+    return out, names
 
 
-def write_overlays(records, folder: Path, count: int) -> list[Path]:
-    """image | labelled parts PNGs of the first `count` readable records, named <class>_<image_id>.png."""
+def write_overlays(records, folder: Path, count: int, stage: str) -> list[Path]:
+    """image | "<stage> labels" PNGs of the first `count` readable records, named <class>_<image_id>.png."""
     written = []
     for record in records:
         if len(written) >= count:
             break
         try:
-            image = np.asarray(read_rgb(record["file_name"]))
-        except OSError:
+            image = read_rgb(record["file_name"])
+        except UnreadableImage:  # a moved or broken image costs its overlay, not the listing
             continue
-        labels, top = label_map(record)
-        panel = np.concatenate([image, overlay(image, labels, palette(max(top, 8)))], axis=1)
+        labels, names = label_map(record)
         path = Path(folder) / f"{record.get('class_key', 'all')}_{record['image_id']}.png"
-        replace_atomically(path, lambda tmp: Image.fromarray(panel).save(tmp, format="PNG"))
+        save_grid(path, [[Panel("image", image), Panel(f"{stage} labels", image, labels, names)]])
         written.append(path)
     return written
