@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,18 +16,21 @@ from partdistill.config.resolver import DatasetLayoutError, check, describe_root
 from partdistill.data.layout import LayoutReport
 from partdistill.errors import UserError
 
-STAGE_ORDER = ("object_masks", "pixel_grouping", "proposal_learning", "part_ranking", "distillation", "evaluate")
+STAGE_ORDER = ("instance_training", "object_masks", "pixel_grouping", "proposal_learning", "part_ranking",
+               "distillation", "evaluate", "report")
 STAGES = STAGE_ORDER + ("finetune",)
 PARTITIONED = ("object_masks", "pixel_grouping", "part_ranking")
 # what each stage reads: the training data (data=), the suite (eval=), the suites in stage.eval_suites
 INPUTS = {
+    "instance_training": ("data", "eval"),
     "object_masks": ("data",),
-    "pixel_grouping": ("data",),
+    "pixel_grouping": ("data", "suites"),
     "proposal_learning": ("data", "suites"),
     "part_ranking": ("data",),
     "distillation": ("data", "suites"),
     "evaluate": ("eval",),
     "finetune": ("eval",),
+    "report": ("eval",),
 }
 SLURM_KEYS = (
     "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "mem_per_gpu",
@@ -69,8 +72,11 @@ def stages_to_run(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return [(cfg.stage.name, cfg.stage)]
 
 
-def suite_dataset(suite: str) -> tuple[str, list[str]]:
-    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites."""
+def suite_dataset(suite: str, run_eval: DictConfig | None = None) -> tuple[str, list[str]]:
+    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites; the
+    run's own suite (`run_eval`, the composed `eval`) as composed, since its values may interpolate."""
+    if run_eval is not None and run_eval.suite == suite:
+        return run_eval.dataset, [run_eval.split, run_eval.match_split]
     path = suite_config_path(suite)
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
@@ -91,7 +97,7 @@ def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
                 _add_need(needs, cfg.eval.dataset, [cfg.eval.split, cfg.eval.match_split])
             else:
                 for suite in stage.eval_suites:
-                    _add_need(needs, *suite_dataset(suite))
+                    _add_need(needs, *suite_dataset(suite, cfg.eval))
     return needs
 
 
@@ -103,7 +109,19 @@ def _add_need(needs: dict[str, list[str]], dataset: str, splits: list[str]) -> N
 
 
 def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
+    write_synthetic([cfg])
     return [check(name, splits) for name, splits in dataset_needs(cfg).items()]
+
+
+def write_synthetic(configs: list[DictConfig]) -> None:
+    """Writes every keyed synthetic set (synthetic-s<seed>-n<images>) these configs read that is not on
+    disk yet: the demo's data, made before the layout check that would otherwise miss it."""
+    from partdistill.config.resolver import datasets_root
+    from partdistill.data import synthetic
+
+    for cfg in configs:
+        for dataset in dataset_needs(cfg):
+            synthetic.ensure(dataset, datasets_root())
 
 
 def require(reports: list[LayoutReport]) -> list[LayoutReport]:
@@ -126,6 +144,7 @@ def preflight(configs: list[DictConfig]) -> None:
     range, every dataset they read in place (each checked once), every stage they select implemented."""
     from partdistill import stages  # stages imports this module
 
+    write_synthetic(configs)
     needs: dict[str, list[str]] = {}
     selected: set[str] = set()
     for cfg in configs:

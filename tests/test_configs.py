@@ -32,9 +32,9 @@ def test_every_experiment_composes_every_stage(compose_cfg, experiment, setting_
 
 
 def test_groups_listed_are_the_documented_ones():
-    assert options("data") == ["imagenet_1k", "imagenet_22k", "synthetic"]
-    assert options("eval") == ["cityscapes_part", "part_imagenet", "pascal_parts", "synthetic"]
-    assert options("experiment") == ["compute_friendly", "paper", "smoke"]
+    assert options("data") == ["demo", "imagenet_1k", "imagenet_22k", "synthetic"]
+    assert options("eval") == ["cityscapes_part", "demo", "part_imagenet", "pascal_parts", "synthetic"]
+    assert options("experiment") == ["compute_friendly", "demo", "paper", "smoke"]
     assert options("hydra/launcher") == ["local", "slurm"]
     assert set(options("stage")) == set(STAGES) | {"pipeline"}
     for stage in STAGES:  # every stage has values for every setting
@@ -92,6 +92,22 @@ def test_smoke_preset_is_cpu_and_synthetic(compose_cfg):
     assert cfg.model.pretrained is None
     for name in cfg.stage.stages:
         assert cfg.stage[name].resources.gpus_per_node == 0 and cfg.stage[name].resources.tasks_per_node == 1
+
+
+def test_demo_preset_is_the_whole_method_on_its_own_data(compose_cfg):
+    cfg = compose_cfg("experiment=demo")
+    assert cfg.stage.name == "pipeline" and cfg.stage.stages[0] == "instance_training"
+    assert cfg.stage.stages[-2:] == ["evaluate", "report"]
+    assert (cfg.data.name, cfg.eval.dataset, cfg.eval.suite) == ("synthetic-s0-n64", "synthetic-s0-n64", "demo")
+    # every stage after the instance model loads it as it would load the COCO model
+    assert cfg.model.pretrained == cfg.stage.instance_training.export == f"{cfg.run_dir}/instance_training/pretrained"
+    assert cfg.stage.object_masks.source.value == "model"
+    assert cfg.stage.part_ranking.num_clusters == cfg.stage.distillation.num_part_classes
+    assert cfg.model.num_queries > 10  # AR@100 can differ from AR@10
+    # a seed has its own data and its own run folder, and the stage group can still be chosen
+    other = compose_cfg("experiment=demo", "seed=2", "stage=pixel_grouping")
+    assert (other.data.name, other.stage.name) == ("synthetic-s2-n64", "pixel_grouping")
+    assert other.run_dir != cfg.run_dir and other.run_dir.endswith("runs/demo_s2")
 
 
 def test_stage_values_follow_the_setting_and_overrides(compose_cfg):

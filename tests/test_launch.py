@@ -25,11 +25,12 @@ def launch(*args: str, root=None, env_root: bool = True) -> subprocess.Completed
 def test_help_lists_groups_and_options():
     out = launch("--help").stdout
     for line in (
-        "data: imagenet_1k, imagenet_22k, synthetic",
-        "eval: cityscapes_part, part_imagenet, pascal_parts, synthetic",
-        "experiment: compute_friendly, paper, smoke",
-        "model: m2f_swin_large, m2f_swin_tiny, tiny",
-        "stage: distillation, evaluate, finetune, object_masks, part_ranking, pipeline, pixel_grouping, proposal_learning",
+        "data: demo, imagenet_1k, imagenet_22k, synthetic",
+        "eval: cityscapes_part, demo, part_imagenet, pascal_parts, synthetic",
+        "experiment: compute_friendly, demo, paper, smoke",
+        "model: demo, m2f_swin_large, m2f_swin_tiny, tiny",
+        "stage: distillation, evaluate, finetune, instance_training, object_masks, part_ranking, pipeline, pixel_grouping, "
+        "proposal_learning, report",
         "hydra/launcher: local, slurm",
     ):
         assert line in out

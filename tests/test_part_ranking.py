@@ -144,7 +144,7 @@ def run(compose_cfg, run_dir, stage, *overrides):
 
 def test_part_ranking_end_to_end(tmp_path, monkeypatch, compose_cfg, capsys):
     monkeypatch.setenv("PART_DISTILLATION_ROOT", str(tmp_path))
-    synthetic.synthesize("synthetic", tmp_path / "datasets/synthetic", num_images=6, seed=0)
+    synthetic.synthesize("synthetic", tmp_path / "datasets/synthetic", num_images=16, seed=0)
     run_dir = tmp_path / "runs/a"
     run(compose_cfg, run_dir, "object_masks")
     run(compose_cfg, run_dir, "pixel_grouping")
@@ -178,9 +178,9 @@ def test_part_ranking_end_to_end(tmp_path, monkeypatch, compose_cfg, capsys):
         not_clustered += sum("not clustered" in reason for _, reason in manifest["skipped"])
     counts = {key: one[key] + rest[key] for key in ("images", "objects", "parts", "classes", "classes_too_few_features",
                                                     "skipped")}
-    assert counts["classes"] == len(classes) >= 1 and counts["classes"] + counts["classes_too_few_features"] == 3
+    assert counts["classes"] == len(classes) >= 1 and counts["classes"] + counts["classes_too_few_features"] == 4
     assert (not_clustered > 0) == (counts["classes_too_few_features"] > 0)  # their images, named in the manifest
-    assert store.summary()["skipped"] == counts["skipped"] and counts["images"] + counts["skipped"] == 6
+    assert store.summary()["skipped"] == counts["skipped"] and counts["images"] + counts["skipped"] == 16
 
     records = list(store.records())
     assert len(records) == counts["images"] >= 1

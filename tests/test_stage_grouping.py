@@ -32,10 +32,10 @@ def store_files(run_dir, stage):
 def test_object_masks_then_pixel_grouping(synth, compose_cfg, capsys):
     run_dir = synth / "runs/a"
     result = run(compose_cfg, run_dir, "object_masks")
-    assert (result["images"], result["objects"], result["skipped"]) == (6, 9, 0)
+    assert (result["images"], result["objects"], result["skipped"]) == (6, 6, 0)
     result = run(compose_cfg, run_dir, "pixel_grouping")
-    assert result["objects"] == 9 and result["partitions_written"] == 2
-    assert "pixel_grouping: 6 images, 9 objects grouped" in capsys.readouterr().out
+    assert result["objects"] == 6 and result["partitions_written"] == 2
+    assert "pixel_grouping: 6 images, 6 objects grouped" in capsys.readouterr().out
     records = list(Store.open(run_dir / "store", "pixel_grouping").records())
     assert len(records) == 6
     for record in records:

@@ -7,7 +7,10 @@ from partdistill import plan, stages
 
 
 def test_pipeline_runs_the_stages_in_order(compose_cfg):
-    cfg = compose_cfg("stage=pipeline")
+    cfg = compose_cfg("stage=pipeline")  # the method from COCO's instance model: no instance_training, no report
+    assert [name for name, _ in plan.stages_to_run(cfg)] == [s for s in plan.STAGE_ORDER if s not in
+                                                            ("instance_training", "report")]
+    cfg = compose_cfg("experiment=demo")
     assert [name for name, _ in plan.stages_to_run(cfg)] == list(plan.STAGE_ORDER)
     cfg = compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping,evaluate]")
     assert [name for name, s in plan.stages_to_run(cfg)] == ["pixel_grouping", "evaluate"]

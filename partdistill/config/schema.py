@@ -159,6 +159,8 @@ class PixelGroupingConfig(PartitionedStageConfig):
     # score the grouping itself instead: its clusters as part proposals (score 1) on the eval suite's
     # split with its ground-truth objects, by part AR (the paper: eval=part_imagenet, valtest)
     evaluate: bool = False
+    # after writing the store, score the grouping that way on these suites too (run_dir/pixel_grouping/)
+    eval_suites: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -217,6 +219,13 @@ class TrainingStageConfig(StageConfig):
 
 
 @dataclass
+class InstanceTrainingConfig(TrainingStageConfig):
+    freeze: List[str] = field(default_factory=list)  # an instance model from scratch trains every weight
+    # the save_pretrained folder written at the end; the later stages load it with model.pretrained=<it>
+    export: str = "${run_dir}/instance_training/pretrained"
+
+
+@dataclass
 class ProposalLearningConfig(TrainingStageConfig):
     min_object_area_ratio: float = 0.05  # skip images whose object covers less of the image
     min_area_ratio: float = 0.05  # drop part masks below this share of all part area
@@ -267,6 +276,15 @@ class EvaluateConfig(StageConfig):
     batch_size: int = 8  # images per forward pass
     # the trained model to score: a training stage's folder or checkpoint; null = model.weights
     weights: Optional[str] = None
+    # where metrics, predictions and overlays go; null = the job's own output folder (Hydra's)
+    out: Optional[str] = None
+
+
+@dataclass
+class ReportConfig(StageConfig):
+    out: str = "${run_dir}/report"  # the folder of the summary (Markdown, CSV, JSON) and the figures
+    images: int = 4  # val images (rows) per figure
+    random_seeds: int = 5  # the random control is the mean over seeds 0..random_seeds-1
 
 
 @dataclass
@@ -275,12 +293,14 @@ class PipelineConfig:
     stages: List[str] = field(default_factory=list)  # run in this order, each reading the last one's outputs
     resources: Resources = field(default_factory=Resources)
     # the pipeline composes every stage's own config under its name (stage.<name>.*)
+    instance_training: Any = None
     object_masks: Any = None
     pixel_grouping: Any = None
     proposal_learning: Any = None
     part_ranking: Any = None
     distillation: Any = None
     evaluate: Any = None
+    report: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,12 +321,14 @@ class Config:
 
 SCHEMAS = {
     "schema_config": Config,
+    "schema_instance_training": InstanceTrainingConfig,
     "schema_object_masks": ObjectMasksConfig,
     "schema_pixel_grouping": PixelGroupingConfig,
     "schema_proposal_learning": ProposalLearningConfig,
     "schema_part_ranking": PartRankingConfig,
     "schema_distillation": DistillationConfig,
     "schema_evaluate": EvaluateConfig,
+    "schema_report": ReportConfig,
     "schema_finetune": FinetuneConfig,
     "schema_pipeline": PipelineConfig,
 }

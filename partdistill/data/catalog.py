@@ -2,7 +2,8 @@
 
 Names are `<dataset>_<split>`: imagenet_1k_{train,val}, imagenet_22k_train,
 part_imagenet_{train,val,test,valtest}, pascal_parts_{train,val}, cityscapes_part_{train,val},
-synthetic_{train,val}. Each dataset module implements the same three functions:
+synthetic_{train,val}, and synthetic-s<seed>-n<images>_{train,val} (the synthetic set made from that
+seed and size, written on demand by `synthetic.ensure`). Each dataset module implements the same three functions:
 
     load(dataset, base, split, root) -> list[dict]      records (see DESIGN.md "Contracts")
     metadata(dataset, base, split, root) -> Metadata
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from partdistill.config.resolver import DatasetLayoutError, project_root
-from partdistill.data.layout import check_dataset
+from partdistill.data.layout import KEYED_SYNTHETIC, check_dataset, family
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,14 @@ def parse_name(name: str) -> tuple[str, str]:
         prefix = dataset + "_"
         if name.startswith(prefix) and name[len(prefix) :] in splits:
             return dataset, name[len(prefix) :]
+    dataset, _, split = name.rpartition("_")
+    if KEYED_SYNTHETIC.match(dataset) and split in DATASETS["synthetic"][1]:
+        return dataset, split
     raise KeyError(f"unknown dataset name {name!r}; known names: {', '.join(NAMES)}")
 
 
 def dataset_module(dataset: str) -> ModuleType:
-    return importlib.import_module(f"partdistill.data.{DATASETS[dataset][0]}")
+    return importlib.import_module(f"partdistill.data.{DATASETS[family(dataset)][0]}")
 
 
 def locate(name: str, root: str | Path | None = None) -> tuple[ModuleType, str, Path, str, Path]:

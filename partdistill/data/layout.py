@@ -7,13 +7,19 @@ Each missing item is reported as the exact absolute path that was looked for.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+
+from partdistill.data.planted import GENERATOR
 
 WNID = re.compile(r"^n\d{8}$")
+# a synthetic data set keyed by how it was made: `synthetic-s<seed>-n<images per split>`, written on demand
+KEYED_SYNTHETIC = re.compile(r"^synthetic-s(\d+)-n(\d+)$")
+GENERATION_FILE = "generation.json"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SAMPLED_FOLDERS = 8  # class folders sampled for emptiness per split
 
@@ -59,7 +65,7 @@ class LayoutReport:
 
     @property
     def section(self) -> str:
-        return SECTIONS[self.dataset]
+        return SECTIONS[family(self.dataset)]
 
     def to_json(self) -> dict:
         return {
@@ -225,6 +231,35 @@ def _check_synthetic(c: _Checker, splits: Iterable[str]) -> None:
     for split in splits:
         c.file(f"{split}.json", "COCO-style annotation file")
         c.folder(split, "image folder")
+    key = KEYED_SYNTHETIC.match(c.report.dataset)
+    if key is None:
+        return
+    wanted = generation(int(key.group(2)), int(key.group(1)))
+    path = c.base / GENERATION_FILE
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = None
+    if found != wanted:
+        made = f"it says {found}" if found is not None else f"it has no readable {GENERATION_FILE}"
+        c.report.missing.append(
+            f"{c.base}/ was not made with the parameters its name stands for ({made}; the name needs {wanted}): "
+            f"an older or incomplete copy. Remove it (rm -r {c.base}) and run again: it is written anew")
+
+
+def generation(num_images: int, seed: int) -> dict:
+    """What made a synthetic data set (written to its generation.json): equal entries, equal data."""
+    return {"generator": GENERATOR, "seed": int(seed), "images_per_split": int(num_images)}
+
+
+def family(dataset: str) -> str:
+    """The kind of a dataset name: itself, or `synthetic` for a keyed synthetic set."""
+    if dataset in _CHECKS:
+        return dataset
+    if KEYED_SYNTHETIC.match(dataset):
+        return "synthetic"
+    raise KeyError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)} and "
+                   f"synthetic-s<seed>-n<images> (the synthetic set made from that seed and size)")
 
 
 _CHECKS: dict[str, Callable[[_Checker, Iterable[str]], None]] = {
@@ -248,8 +283,7 @@ def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = ()) ->
         datasets_root (Path): the folder that holds the dataset folders.
         splits (Sequence[str]): splits required beyond the dataset's defaults (e.g. "valtest").
     """
-    if name not in _CHECKS:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    kind = family(name)
     report = _locate(datasets_root, _FOLDER_NAMES.get(name, (name,)), name)
     checker = _Checker(report)
     if not datasets_root.is_dir():
@@ -257,6 +291,6 @@ def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = ()) ->
         return report
     if checker.folder(".", "dataset folder") is None:
         return report
-    wanted = list(DEFAULT_SPLITS[name]) + [s for s in splits if s not in DEFAULT_SPLITS[name]]
-    _CHECKS[name](checker, wanted)
+    wanted = list(DEFAULT_SPLITS[kind]) + [s for s in splits if s not in DEFAULT_SPLITS[kind]]
+    _CHECKS[kind](checker, wanted)
     return report

@@ -7,10 +7,12 @@ which the grouping and ranking tests rely on.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+
+GENERATOR = 2  # the drawing's version: bump when the same seed and sizes draw different images
 
 
 @dataclass
@@ -21,6 +23,17 @@ class PlantedObject:
     ellipse: tuple[float, float, float, float]  # cx, cy, rx, ry in pixel-grid coordinates
     band_axis: int = 0  # 0: parts are horizontal bands (cut along y), 1: vertical bands (cut along x)
     band_edges: tuple[float, ...] = ()  # cut coordinates, from the ellipse's first extreme to its last
+
+
+@dataclass
+class Variation:
+    """How much objects vary between images; the defaults keep objects large and centred in their column."""
+
+    size_x: tuple[float, float] = (0.32, 0.46)  # semi-axis range, as a share of the object's column width
+    size_y: tuple[float, float] = (0.30, 0.44)  # semi-axis range, as a share of the image height
+    shift: float = 0.08  # centre offset range, as a share of the column width and of the image height
+    inside: bool = False  # keep every object whole inside its column (moving its centre if needed)
+    colour_jitter: float = 0.0  # per-image channel gains in 1 +- this (and a brightness offset)
 
 
 @dataclass
@@ -57,6 +70,7 @@ def draw_scene(
     width: int,
     parts_per_class: Sequence[int],
     classes: Sequence[int],
+    variation: Variation | None = None,
 ) -> Scene:
     """One image with one object per entry of `classes`, side by side without overlap.
 
@@ -65,15 +79,20 @@ def draw_scene(
         height, width: image size.
         parts_per_class: number of parts of each object class (0 = a class without parts).
         classes: the object class of each object to draw, left to right.
+        variation: how much sizes, positions and colours vary between images (default: little).
     """
+    v = variation or Variation()
     image = rng.normal(120, 20, size=(height, width, 3))
     ys, xs = np.mgrid[0:height, 0:width]
     column = width / len(classes)
     objects = []
     for i, object_class in enumerate(classes):
-        cx = column * (i + 0.5) + rng.uniform(-0.08, 0.08) * column
-        cy = height * (0.5 + rng.uniform(-0.08, 0.08))
-        rx, ry = rng.uniform(0.32, 0.46) * column, rng.uniform(0.30, 0.44) * height
+        cx = column * (i + 0.5) + rng.uniform(-v.shift, v.shift) * column
+        cy = height * (0.5 + rng.uniform(-v.shift, v.shift))
+        rx, ry = rng.uniform(*v.size_x) * column, rng.uniform(*v.size_y) * height
+        if v.inside:  # move the centre so that the whole object stays in its column and in the image
+            cx = float(np.clip(cx, column * i + rx, column * (i + 1) - rx - 1))
+            cy = float(np.clip(cy, ry, height - ry - 1))
         mask = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
         num_parts = parts_per_class[object_class]
         part_masks, axis, edges = [], 0, ()
@@ -89,6 +108,9 @@ def draw_scene(
                 image[part_mask] = _texture((height, width), object_class, part, rng)[part_mask]
                 part_masks.append(part_mask)
         objects.append(PlantedObject(int(object_class), mask, part_masks, (cx, cy, rx, ry), axis, edges))
+    if v.colour_jitter:  # one gain per channel and a brightness offset for the whole image
+        gains = rng.uniform(1 - v.colour_jitter, 1 + v.colour_jitter, size=3)
+        image = image * gains + rng.uniform(-60, 60) * v.colour_jitter
     return Scene(np.clip(image, 0, 255).astype(np.uint8), objects)
 
 

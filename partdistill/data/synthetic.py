@@ -5,9 +5,15 @@
 `annotations` of two types: `"type": "object"` (one per object, its outline) and `"type": "part"`
 (with `object_id`, the id of its object's annotation). Images are PNGs in `<split>/`. Every stage
 can run on it, `object_masks.source=gt` included, since its training split is annotated as well.
+
+Like ImageNet, a training image shows one object, of the image's class (the method keeps one instance
+per image and gives it the image's class); a val image shows one or two. Sizes, positions and each
+image's colours vary (`VARIATION`), so recovering the parts takes more than a colour lookup.
+`generation.json` records what made the folder (generator version, seed, images per split).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,7 @@ from PIL import Image
 
 from partdistill.data import coco, planted
 from partdistill.data.catalog import Metadata
+from partdistill.data.layout import GENERATION_FILE, KEYED_SYNTHETIC, generation
 from partdistill.data.records import SkipLog, object_record, part_record
 from partdistill.io import write_json_atomic
 
@@ -22,6 +29,7 @@ OBJECT_CLASSES = ("disc", "tower", "kite", "shield")
 PARTS_PER_CLASS = (3, 3, 3, 3)
 PART_NAMES = ("top", "middle", "bottom")
 HEIGHT, WIDTH = 96, 128
+VARIATION = planted.Variation(size_x=(0.22, 0.46), size_y=(0.24, 0.46), shift=0.3, inside=True, colour_jitter=0.15)
 
 
 def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
@@ -81,15 +89,19 @@ def categories() -> tuple[list[dict], list[dict]]:
 
 
 def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
-    """train and val, `num_images` each, with one or two objects per image."""
+    """train (one object per image, the classes in turn) and val (one or two objects per image),
+    `num_images` each; generation.json last, so a folder that has it is complete."""
     part_categories, object_categories = categories()
     for split_index, split in enumerate(("train", "val")):
         rng = np.random.default_rng([seed, 100 + split_index])
         (base / split).mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for n in range(num_images):
-            classes = rng.choice(len(OBJECT_CLASSES), size=1 + n % 2, replace=False).tolist()
-            scene = planted.draw_scene(rng, HEIGHT, WIDTH, PARTS_PER_CLASS, classes)
+            if split == "train":
+                classes = [n % len(OBJECT_CLASSES)]
+            else:
+                classes = rng.choice(len(OBJECT_CLASSES), size=1 + n % 2, replace=False).tolist()
+            scene = planted.draw_scene(rng, HEIGHT, WIDTH, PARTS_PER_CLASS, classes, VARIATION)
             file_name = f"{n:06d}.png"
             Image.fromarray(scene.image).save(base / split / file_name)
             images.append({"id": n + 1, "file_name": file_name, "height": HEIGHT, "width": WIDTH})
@@ -105,3 +117,24 @@ def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
             "images": images, "annotations": annotations, "categories": part_categories,
             "object_categories": object_categories,
         })
+    write_json_atomic(base / GENERATION_FILE, generation(num_images, seed))
+
+
+def ensure(dataset: str, datasets_root: Path) -> bool:
+    """Writes the keyed synthetic set `dataset` (synthetic-s<seed>-n<images>) under `datasets_root` if its
+    folder does not exist yet; True if it wrote it. It is written to a temporary folder and renamed, so
+    a killed run leaves no half-made set under the real name."""
+    import shutil
+
+    key = KEYED_SYNTHETIC.match(dataset)
+    folder = Path(datasets_root) / dataset
+    if key is None or folder.exists():
+        return False
+    seed, num_images = int(key.group(1)), int(key.group(2))
+    print(f"writing the synthetic data set {dataset} (seed {seed}, {num_images} images per split) to {folder}",
+          flush=True)
+    staging = folder.with_name(f".{dataset}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    synthesize(dataset, staging, num_images, seed)
+    os.replace(staging, folder)
+    return True

@@ -57,8 +57,8 @@ def render_grid(rows: list[list[Panel]], min_height: int = 256, title: str | Non
     """Draws a figure: one row of panels per list, each row with its legend on the right.
 
     Args:
-        rows: Non-empty lists of panels; rows may differ in width (shorter ones are padded). The
-            panels of a row share one label space: their legend lists each label once.
+        rows: Non-empty lists of panels; rows may differ in width (shorter ones are padded). A label
+            has one colour everywhere; the legend lists each panel's own name for it.
         min_height: Each panel is upscaled by nearest neighbour with the smallest integer factor
             that makes it at least this high (never downscaled), so pixels stay exact and visible.
         title: Optional text above the whole figure.
@@ -112,14 +112,15 @@ def _upscale(image: np.ndarray, min_height: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def _legend(row: list[Panel]) -> dict[int, str]:
-    """Name of every label present in the row's panels, by label; the first panel naming a label wins."""
-    present, names = set(), {}
-    for panel in reversed(row):
+def _legend(row: list[Panel]) -> list[tuple[int, str]]:
+    """(label, name) of every label present in each panel of the row, by panel then label, each pair once: a
+    label that two panels name differently (a ground-truth part, a cluster) gets both entries, one colour."""
+    entries: list[tuple[int, str]] = []
+    for panel in row:
         if panel.labels is not None:
-            present.update(int(v) for v in np.unique(panel.labels) if v >= 0)
-            names.update(panel.names or {})
-    return {label: names.get(label, str(label)) for label in sorted(present)}
+            names = panel.names or {}
+            entries += [(int(v), names.get(int(v), str(int(v)))) for v in np.unique(panel.labels) if v >= 0]
+    return list(dict.fromkeys(entries))
 
 
 def _render_row(row: list[Panel], min_height: int) -> Image.Image:
@@ -128,7 +129,7 @@ def _render_row(row: list[Panel], min_height: int) -> Image.Image:
     pictures = [_upscale(p.image if p.labels is None else _tint(p.image, p.labels), min_height) for p in row]
     cells = [max(pic.shape[1], _text_width(p.title, font)) for p, pic in zip(row, pictures)]
     height = LINE + max(pic.shape[0] for pic in pictures)
-    legend = list(_legend(row).items())
+    legend = _legend(row)
     per_column = max(1, height // LINE)
     columns = [legend[i:i + per_column] for i in range(0, len(legend), per_column)]
     widths = [SWATCH + 6 + max(_text_width(name, font) for _, name in column) for column in columns]
@@ -139,7 +140,7 @@ def _render_row(row: list[Panel], min_height: int) -> Image.Image:
         draw.text((x, 0), panel.title, fill="black", font=font)
         canvas.paste(Image.fromarray(picture), (x, LINE))
         x += cell + GAP
-    colours = palette(legend[-1][0] + 1) if legend else None
+    colours = palette(max(label for label, _ in legend) + 1) if legend else None
     for column, width in zip(columns, widths):
         for j, (label, name) in enumerate(column):
             y = j * LINE + (LINE - SWATCH) // 2

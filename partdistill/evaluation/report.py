@@ -27,22 +27,32 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _csv(rows: list[dict]) -> str:
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """CSV of `rows` with `columns` (default: the first row's keys); None is an empty cell."""
     if not rows:
         return ""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(out, fieldnames=columns or list(rows[0]), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+def write_table(out_dir: Path, rows: list[dict], columns: list[str], title: str, notes: list[str] = ()) -> str:
+    """summary.md (title, table, notes), summary.csv and summary.json (the rows); returns the Markdown."""
+    text = "\n".join([f"# {title}", "", markdown_table(rows, columns)] + (["", *notes] if notes else []))
+    write_text_atomic(Path(out_dir) / "summary.md", text + "\n")
+    write_text_atomic(Path(out_dir) / "summary.csv", csv_text(rows, columns))
+    write_json_atomic(Path(out_dir) / "summary.json", rows, indent=1)
+    return text
 
 
 def write_results(results: dict, out_dir: Path, title: str) -> None:
     """metrics.json (headline numbers at top level), per_class.csv, per_part.csv and summary.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", results, indent=1)
-    write_text_atomic(out_dir / "per_class.csv", _csv(results.get("per_class", [])))
-    write_text_atomic(out_dir / "per_part.csv", _csv(results.get("per_part", [])))
+    write_text_atomic(out_dir / "per_class.csv", csv_text(results.get("per_class", [])))
+    write_text_atomic(out_dir / "per_part.csv", csv_text(results.get("per_part", [])))
     top = headline(results)
     text = [f"# {title}", "", markdown_table([top], list(top))]
     if results.get("per_class"):

@@ -12,8 +12,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.evaluation.report import MIOU_KEYS, SUPERVISED_KEYS, headline, markdown_table
-from partdistill.io import write_json_atomic, write_text_atomic
+from partdistill.evaluation.report import MIOU_KEYS, SUPERVISED_KEYS, headline, write_table
 from partdistill.plan import ConfigError
 
 
@@ -56,26 +55,16 @@ def write_summary(sweep_dir: str | Path) -> str:
     metric_keys = [k for k in MIOU_KEYS + SUPERVISED_KEYS if any(k in r for r in rows)]
     metric_keys += sorted({k for r in rows for k in r if k.startswith(("AR", "AP-AR"))}, key=_ar_order)
     columns = ["job", "status", "suite", "dataset", "overrides"] + metric_keys
-    table = markdown_table(rows, columns)
     failed = [r for r in rows if r["status"] != "ok"]
     notes = [f"- job {r['job']} ({r['overrides']}): {r['status']}" + (f", log {r['log']}" if r.get("log") else "")
              for r in failed]
-    text = "\n".join([f"# Evaluation summary: {sweep_dir}", "", table] + (["", "Jobs without results:"] + notes if notes else []))
-    write_text_atomic(sweep_dir / "summary.md", text + "\n")
-    write_text_atomic(sweep_dir / "summary.csv", "\n".join(
-        [",".join(columns)] + [",".join(_csv_cell(r.get(c)) for c in columns) for r in rows]) + "\n")
-    write_json_atomic(sweep_dir / "summary.json", rows, indent=1)
-    return text
+    return write_table(sweep_dir, rows, columns, f"Evaluation summary: {sweep_dir}",
+                       ["Jobs without results:", *notes] if notes else [])
 
 
 def _ar_order(key: str) -> tuple:
     kind, _, k = key.partition("@")
     return (kind, int(k) if k.isdigit() else 0)
-
-
-def _csv_cell(value) -> str:
-    text = "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-    return f'"{text}"' if "," in text else text
 
 
 class SummaryCallback(Callback):

@@ -46,7 +46,9 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     init_distributed()
     modules = {name: stage_module(name) for name, _ in selected}
     results = {}
-    for name, stage_cfg in selected:
+    for step, (name, stage_cfg) in enumerate(selected, 1):
+        if len(selected) > 1:
+            print(f"== {step}/{len(selected)} {name}", flush=True)
         stage_run_cfg = cfg.copy()
         with open_dict(stage_run_cfg):
             stage_run_cfg.stage = stage_cfg

@@ -63,25 +63,27 @@ def training_items(records, classes: list[str], num_parts: int, min_object_area_
     return items
 
 
-def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, limit: int | None = None) -> dict:
+def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, limit: int | None = None,
+                   run_eval=None) -> dict:
     """{suite: part mIoU (majority mapping, learned on the suite's match split) of the class-conditioned
     parts} on each suite; `head` as written to head.json (classes, train_data, num_parts)."""
     from partdistill.plan import suite_dataset
 
     results = {}
     for suite in suites:
-        _, (split, match_split) = suite_dataset(suite)
-        match = score_parts(model, suite, 1, head, size, device, limit) if match_split != split else None
-        results[suite] = score_parts(model, suite, 0, head, size, device, limit).evaluate(match=match)
+        _, (split, match_split) = suite_dataset(suite, run_eval)
+        match = score_parts(model, suite, 1, head, size, device, limit, run_eval) if match_split != split else None
+        results[suite] = score_parts(model, suite, 0, head, size, device, limit, run_eval).evaluate(match=match)
     return results
 
 
-def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, limit: int | None):
+def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, limit: int | None,
+                run_eval=None):
     """A PartMIoUEvaluator that has processed the model's parts on a suite's split (0 scored, 1 match)."""
     from partdistill.evaluation.part_miou import PartMIoUEvaluator
     from partdistill.models.conditioned_head import parts_of_head
 
-    name, records = suite_records(suite, limit, split)
+    name, records = suite_records(suite, limit, split, run_eval)
     meta = catalog.metadata(name, project_root())
     return score(model, PartMIoUEvaluator(meta, "majority", "synset"), records, parts_of_head(head, meta, name),
                  size, device)
@@ -119,7 +121,7 @@ def run(cfg: DictConfig) -> dict:
             "classes": classes, "train_data": cfg.data.train, "query_feature_normalize": s.query_feature_normalize}
 
     def evaluate(m):
-        return evaluate_parts(m, list(s.eval_suites), head, int(s.augmentation.base_size), device, limit)
+        return evaluate_parts(m, list(s.eval_suites), head, int(s.augmentation.base_size), device, limit, cfg.eval)
 
     return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), conditioned_loss_terms(num_parts),
                  evaluate if s.eval_suites else None,

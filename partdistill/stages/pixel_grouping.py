@@ -6,7 +6,9 @@ L2-normalised), are clustered with K-means (K = `stage.kmeans.k`, paper 4) over 
 feature pixels, all objects of a batch at once; every object pixel at the original resolution then
 goes to a centroid (`stage.metric`: `dot`, the paper's scripts, or `l2`), giving up to K part masks.
 Objects with no more feature pixels than clusters are skipped and counted. `stage.dcrf.enabled`
-smooths the labels with a dense CRF (pydensecrf2) at the model's input resolution.
+smooths the labels with a dense CRF (pydensecrf2) at the model's input resolution. With
+`stage.eval_suites`, once the store is complete the grouping is also scored on each suite's GT objects
+(as `stage.evaluate=true`), into run_dir/pixel_grouping/metrics.json and <suite>/.
 
     python launch.py experiment=smoke stage=pixel_grouping
 """
@@ -24,6 +26,7 @@ from tqdm import tqdm
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import ImageRecords, collate
+from partdistill.engine.distributed import is_main_process
 from partdistill.models.grouping import GroupingParams, group_objects
 from partdistill.stages.common import device_of, model_identity, output_dir, print_summary, run_partitions
 from partdistill.store import Store, class_key
@@ -117,7 +120,8 @@ def run(cfg: DictConfig) -> dict:
 
         require_dense_crf()
     if s.evaluate:
-        return evaluate_grouping(cfg)
+        ev = cfg.eval
+        return evaluate_grouping(cfg, f"{ev.dataset}_{ev.split}", output_dir(cfg), ev.suite)
     store_root = Path(cfg.run_dir) / "store"
     upstream = Store.open(store_root, UPSTREAM)
     store = Store(store_root, STAGE, s.num_partitions, identity(cfg, upstream.hash))
@@ -132,6 +136,15 @@ def run(cfg: DictConfig) -> dict:
               **run_partitions(store, s, catalog.load(cfg.data.train, project_root()), write)}
     print_summary(store, result, f"{result['images']} images, {result['objects']} objects grouped, "
                                  f"{result['too_small']} too small to group")
+    if s.eval_suites and is_main_process() and not store.incomplete():  # once, when the store is whole
+        from partdistill.io import write_json_atomic
+        from partdistill.plan import suite_dataset
+
+        scores = {}
+        for suite in s.eval_suites:
+            dataset, (split, _) = suite_dataset(suite, cfg.eval)
+            scores[suite] = evaluate_grouping(cfg, f"{dataset}_{split}", Path(cfg.run_dir) / STAGE / suite, suite)
+        write_json_atomic(Path(cfg.run_dir) / STAGE / "metrics.json", {"stage": STAGE, **result, "eval": scores})
     return result
 
 
@@ -148,14 +161,14 @@ class _Collector:
         self.skipped.append((str(path), reason))
 
 
-def evaluate_grouping(cfg: DictConfig) -> dict:
-    """The paper's pixel-grouping evaluation: clusters of GT objects as proposals, scored by part AR."""
+def evaluate_grouping(cfg: DictConfig, dataset: str, out: Path, suite: str) -> dict:
+    """The paper's pixel-grouping evaluation: clusters of the GT objects of catalog split `dataset` as
+    proposals, scored by part AR; predictions, metrics and overlays go to `out`."""
     from partdistill.evaluation.saved import evaluate_saved
     from partdistill.io import write_json_atomic
     from partdistill.models.mask2former import build_model
 
     ev = cfg.eval
-    dataset = f"{ev.dataset}_{ev.split}"
     items = [{**r, "class_key": class_key(r), "class_id": None,
               "objects": [{"segmentation": a["segmentation"], "score": 1.0, "category_id": a["category_id"]}
                           for a in r["annotations"]]}
@@ -165,11 +178,10 @@ def evaluate_grouping(cfg: DictConfig) -> dict:
     _group_shard(cfg, model, items, sink, torch.Generator().manual_seed(cfg.seed))
     predictions = [{"image_id": r["image_id"], "segmentation": part["segmentation"], "label": part["cluster"], "score": 1.0}
                    for r in sink.records for obj in r["objects"] for part in obj["parts"]]
-    out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "grouping_predictions.json", predictions)
     results = evaluate_saved(dataset, out / "grouping_predictions.json", out, min_gt_iou=ev.min_gt_iou,
-                             overlays=ev.overlays, root=project_root(), extra={"suite": ev.suite, "stage": STAGE})
+                             overlays=ev.overlays, root=project_root(), extra={"suite": suite, "stage": STAGE})
     shown = ", ".join(f"{k} {results[k]:.2f}" for k in results if k.startswith("AR") and results[k] is not None)
     print(f"{STAGE} evaluation on {dataset}: {shown} ({len(sink.skipped)} objects skipped) -> {out}/metrics.json")
     return {k: v for k, v in results.items() if k.startswith("AR")}

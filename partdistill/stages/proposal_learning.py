@@ -60,9 +60,10 @@ def training_items(records, min_object_area_ratio: float, min_area_ratio: float)
 # evaluation
 
 
-def evaluate_proposals(model, suites, size: int, device: torch.device, limit: int | None = None) -> dict:
+def evaluate_proposals(model, suites, size: int, device: torch.device, limit: int | None = None,
+                       run_eval=None) -> dict:
     """{suite: AR@k and AR-nonoverlap@k of the model's top proposals} on each suite's scored split."""
-    return {suite: score_proposals(model, *suite_records(suite, limit), size, device) for suite in suites}
+    return {suite: score_proposals(model, *suite_records(suite, limit, 0, run_eval), size, device) for suite in suites}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
     configure_loss(model, s.loss)
 
     def evaluate(m):
-        return evaluate_proposals(m, list(s.eval_suites), int(s.augmentation.base_size), device, limit)
+        return evaluate_proposals(m, list(s.eval_suites), int(s.augmentation.base_size), device, limit, cfg.eval)
 
     return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), loss_terms,
                  evaluate if s.eval_suites else None,

@@ -22,11 +22,12 @@ SMOKE_EVAL_IMAGES = 16  # images per suite scored by a smoke run's evaluation
 EVAL_BATCH = 2  # images per forward pass of a training stage's evaluation
 
 
-def suite_records(suite: str, limit: int | None = None, split: int = 0) -> tuple[str, list[dict]]:
-    """(catalog name, records with annotations) of a suite's scored split (`split=1`: its match split)."""
+def suite_records(suite: str, limit: int | None = None, split: int = 0, run_eval=None) -> tuple[str, list[dict]]:
+    """(catalog name, records with annotations) of a suite's scored split (`split=1`: its match split);
+    `run_eval`: the run's composed `eval` (plan.suite_dataset)."""
     from partdistill.plan import suite_dataset
 
-    dataset, splits = suite_dataset(suite)
+    dataset, splits = suite_dataset(suite, run_eval)
     return split_records(f"{dataset}_{splits[split]}", limit)
 
 
@@ -118,4 +119,4 @@ def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: C
 
 def _headline(key: str) -> bool:
     last = key.split("/")[-1]
-    return last.startswith("AR@") or last in ("mIoU", "C-mIoU", "A-mIoU")
+    return last.startswith("AR@") or last in ("mIoU", "C-mIoU", "A-mIoU", "top_instance_IoU")
