@@ -73,8 +73,8 @@ def test_every_stage_of_the_demo_clears_its_floor(demo):
     assert json.loads((run_dir / "distillation/head.json").read_text())["classes"] == [f"class-{i}" for i in range(4)]
     assert "no counterpart" not in out
     figures = {p.name for p in (run_dir / "report/figures").glob("*.png")}
-    assert figures == {"instance_training.png", "pixel_grouping.png", "proposal_learning.png",
-                       "distillation.png", "journey.png"}
+    assert figures == {"instance_training.png", "object_masks.png", "pixel_grouping.png", "proposal_learning.png",
+                       "part_ranking.png", "distillation.png", "journey.png"}
     assert f"{run_dir}/report/summary.md" in out
 
 

@@ -1,5 +1,5 @@
 """The report's pictures: one PNG per stage (rows of val images: image | ground-truth parts | that stage's
-output) and a "journey" PNG (rows of training images: image | ground truth | grouping | proposals |
+output; object_masks and part_ranking, which run on the training set only, on training images) and a "journey" PNG (rows of training images: image | ground truth | grouping | proposals |
 ranking | distilled parts), all drawn by `evaluation.figures` (upscaled, titled, with legends).
 
 Everything is read from run_dir (the stores, the grouping's and the evaluation's prediction files) or
@@ -112,8 +112,34 @@ def write_figures(cfg: DictConfig, folder: Path, count: int) -> list[Path]:
                                                                     "proposals"), {c: f"proposal {c + 1}" for c in range(10)})
         figure("distillation", "distilled parts", _model_maps(cfg, run_dir / "distillation", val, val_name, "parts"),
                {c: f"part cluster {c}" for c in range(16)})
+        written += write_store_figures(cfg, folder, count)
         journey = write_journey(cfg, folder / "journey.png", count)
     return written + ([journey] if journey else [])
+
+
+def write_store_figures(cfg: DictConfig, folder: Path, count: int) -> list[Path]:
+    """object_masks and part_ranking run on the training images: their store records beside the ground truth."""
+    run_dir = Path(cfg.run_dir)
+    meta = catalog.metadata(cfg.data.train, project_root())
+    train = {r["image_id"]: r for r in catalog.load(cfg.data.train, project_root())}
+    written = []
+    for stage, title, gt, gt_names in (
+            ("object_masks", "kept instance", _gt_objects, dict(enumerate(meta.thing_classes))),
+            ("part_ranking", "part clusters", _gt_parts, dict(enumerate(meta.part_classes)))):
+        try:
+            records = sorted(Store.open(run_dir / "store", stage).records(), key=lambda r: str(r["image_id"]))[:count]
+        except StoreMissing:
+            continue
+        rows = []
+        for record in records:
+            image = np.asarray(read_rgb(record["file_name"]))
+            labels, names = label_map(record)
+            rows.append([Panel("image", image), Panel("ground truth", image, gt(train[record["image_id"]]), gt_names),
+                         Panel(title, image, labels, names)])
+        if rows:
+            save_grid(folder / f"{stage}.png", rows, title=f"{stage}: {title} (training images of {cfg.data.train})")
+            written.append(folder / f"{stage}.png")
+    return written
 
 
 def write_journey(cfg: DictConfig, path: Path, count: int) -> Path | None:
