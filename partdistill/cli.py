@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = data.add_parser("synth", help="write tiny copies of every dataset (and the synthetic one)")
     synth.add_argument("--out", required=True, help="a folder; the datasets go to OUT/datasets/<name>")
-    synth.add_argument("--images", type=int, default=8, help="images per split and dataset (default 8)")
+    # 16: four training images per synthetic class, so that part ranking has more proposals per class than
+    # clusters even from the smoke run's barely trained proposal model
+    synth.add_argument("--images", type=int, default=16, help="images per split and dataset (default 16)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=data_synth)
 

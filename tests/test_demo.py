@@ -1,9 +1,10 @@
 """The method learns: one reduced `experiment=demo` run (fewer images and iterations than the demo) is held
 to floors measured on planted data at every stage, and the floor is shown to fail on random labels.
 
-Floors: measured on reduced runs (seeds 0, 1, 2; see README "Run the whole method on built-in data"),
-each set well below the lowest measured value and well above what a stage that learned nothing scores
-(the random control: about 17 C-mIoU).
+Floors: this reduced run measured, seeds 0 / 1 / 2 (2 cores): instance IoU 75.7 / 75.7 / 74.1, grouping
+AR@10 86.6 / 91.5 / 83.4, proposal AR@10 57.4 / 64.7 / 58.1, distilled C-mIoU 60.4 / 83.5 / 82.1. Each floor
+sits well below the lowest of them and well above what a stage that learned nothing scores: the random
+control is 18.6-20.4 C-mIoU, the seed-0 predictions with random labels 23.7-25.9.
 """
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ REDUCED = [  # a third of the demo's training steps, half its images
     "stage.report.random_seeds=2",
 ]
 FLOORS = {  # (file under run_dir, key): floor
-    ("instance_training/metrics.json", f"{DATA}_val/top_instance_IoU"): 50.0,
-    ("pixel_grouping/metrics.json", "AR@10"): 40.0,
-    ("proposal_learning/metrics.json", "demo/AR@10"): 35.0,
-    ("eval/demo/metrics.json", "C-mIoU"): 55.0,
+    ("instance_training/metrics.json", f"{DATA}_val/top_instance_IoU"): 60.0,
+    ("pixel_grouping/metrics.json", "AR@10"): 65.0,
+    ("proposal_learning/metrics.json", "demo/AR@10"): 40.0,
+    ("eval/demo/metrics.json", "C-mIoU"): 45.0,
 }
 
 

@@ -21,7 +21,7 @@ def command(*args: str, root) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_the_smoke_pipeline_runs_every_stage_from_the_synthetic_data(tmp_path):
-    synth = command("-m", "partdistill.cli", "data", "synth", "--out", str(tmp_path), "--images", "6", root=tmp_path)
+    synth = command("-m", "partdistill.cli", "data", "synth", "--out", str(tmp_path), root=tmp_path)
     assert synth.returncode == 0, synth.stderr
     result = command("launch.py", "experiment=smoke", "stage=pipeline", f"hydra.run.dir={tmp_path}/hydra",
                      root=tmp_path)
