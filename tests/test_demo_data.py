@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from partdistill import plan
 from partdistill.config.resolver import DatasetLayoutError
@@ -35,8 +36,7 @@ def test_seeds_give_different_data(empty_root):
     datasets = empty_root / "datasets"
     synthetic.ensure("synthetic-s0-n4", datasets)
     synthetic.ensure("synthetic-s1-n4", datasets)
-    first, second = (np.asarray(__import__("PIL.Image").Image.open(datasets / f"synthetic-s{s}-n4/train/000000.png"))
-                     for s in (0, 1))
+    first, second = (np.asarray(Image.open(datasets / f"synthetic-s{s}-n4/train/000000.png")) for s in (0, 1))
     assert not np.array_equal(first, second)
 
 

@@ -7,7 +7,6 @@ computed by running the saved models on the few images shown; a stage that has n
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ from partdistill.evaluation.figures import Panel, save_grid
 from partdistill.evaluation.predictions import group_by_image, read_predictions, to_prediction
 from partdistill.store import Store, StoreMissing
 from partdistill.store.overlays import label_map
-
-log = logging.getLogger(__name__)
 
 
 def _gt_parts(record: dict) -> np.ndarray:
