@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog
+from partdistill.engine.hooks import flatten
 from partdistill.evaluation.report import markdown_table, write_table
 from partdistill.io import write_json_atomic
 
@@ -33,18 +34,9 @@ def _metric(path: Path, suffix: str) -> float | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    flat = {**{k: v for k, v in data.items() if not isinstance(v, (dict, list))}, **_flat(data.get("eval", {}))}
+    flat = {**{k: v for k, v in data.items() if not isinstance(v, (dict, list))}, **flatten(data.get("eval", {}))}
     return next((float(v) for k, v in flat.items() if (k == suffix or k.endswith("/" + suffix)) and v is not None),
                 None)
-
-
-def _flat(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix.rstrip("/"): node}
-    out = {}
-    for key, value in node.items():
-        out.update(_flat(value, f"{prefix}{key}/"))
-    return out
 
 
 def stage_rows(run_dir: Path, suite: str) -> list[dict]:

@@ -37,16 +37,20 @@ def _gt_objects(record: dict) -> np.ndarray:
     return out
 
 
-def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str, kind: str) -> list[np.ndarray] | None:
-    """Label maps of a trained stage's model on `records`: proposals by rank (top 10), parts by label."""
+def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str, kind: str,
+                loaded: dict) -> list[np.ndarray] | None:
+    """Label maps of a trained stage's model on `records`: proposals by rank (top 10), parts by label;
+    `loaded` keeps each folder's (head, model), so the val figures and the journey load a model once."""
     from partdistill.models.inference import predict_records, proposals
     from partdistill.stages.common import device_of
     from partdistill.stages.trained_models import find_head, load_trained_model, to_predictions_for
 
     if not (folder / "head.json").is_file():
         return None
-    head = find_head(folder)
-    model = load_trained_model(cfg, folder, head)
+    if folder not in loaded:
+        head = find_head(folder)
+        loaded[folder] = head, load_trained_model(cfg, folder, head)
+    head, model = loaded[folder]
     to_predictions = proposals(10) if kind == "proposals" else to_predictions_for(head, cfg, dataset)
     maps = []
     for _, predictions in predict_records(model, records, to_predictions, int(head["image_size"]), device_of(cfg), 8):
@@ -85,7 +89,7 @@ def write_figures(cfg: DictConfig, folder: Path, count: int) -> list[Path]:
     objects = dict(enumerate(meta.thing_classes))
     val = [r for r in catalog.load(val_name, project_root()) if r["annotations"]][:count]
     images = [np.asarray(read_rgb(r["file_name"])) for r in val]
-    written = []
+    written, loaded = [], {}
 
     def figure(name: str, title: str, outputs: list[np.ndarray] | None, names=None, gt=_gt_parts, gt_names=parts):
         if outputs is None:
@@ -106,11 +110,11 @@ def write_figures(cfg: DictConfig, folder: Path, count: int) -> list[Path]:
                    [to_prediction(by_image.get(r["image_id"], []), r["height"], r["width"]).label_map() for r in val],
                    {c: f"cluster {c}" for c in range(16)})
         figure("proposal_learning", "top 10 proposals", _model_maps(cfg, run_dir / "proposal_learning", val, val_name,
-                                                                    "proposals"), {c: f"proposal {c + 1}" for c in range(10)})
-        figure("distillation", "distilled parts", _model_maps(cfg, run_dir / "distillation", val, val_name, "parts"),
+                                                                    "proposals", loaded), {c: f"proposal {c + 1}" for c in range(10)})
+        figure("distillation", "distilled parts", _model_maps(cfg, run_dir / "distillation", val, val_name, "parts", loaded),
                {c: f"part cluster {c}" for c in range(16)})
         written += write_store_figures(cfg, folder, count)
-        journey = write_journey(cfg, folder / "journey.png", count)
+        journey = write_journey(cfg, folder / "journey.png", count, loaded)
     return written + ([journey] if journey else [])
 
 
@@ -139,7 +143,7 @@ def write_store_figures(cfg: DictConfig, folder: Path, count: int) -> list[Path]
     return written
 
 
-def write_journey(cfg: DictConfig, path: Path, count: int) -> Path | None:
+def write_journey(cfg: DictConfig, path: Path, count: int, loaded: dict | None = None) -> Path | None:
     """Training images through the method: ground truth, grouping, proposals, ranking, distilled parts."""
     run_dir = Path(cfg.run_dir)
     train = {r["image_id"]: r for r in catalog.load(cfg.data.train, project_root())}
@@ -150,8 +154,9 @@ def write_journey(cfg: DictConfig, path: Path, count: int) -> Path | None:
     records = [train[i] for i in ids]
     images = [np.asarray(read_rgb(r["file_name"])) for r in records]
     grouping = _store_maps(run_dir, "pixel_grouping", ids)
-    proposals = _model_maps(cfg, run_dir / "proposal_learning", records, cfg.data.train, "proposals")
-    distilled = _model_maps(cfg, run_dir / "distillation", records, cfg.data.train, "parts")
+    loaded = {} if loaded is None else loaded
+    proposals = _model_maps(cfg, run_dir / "proposal_learning", records, cfg.data.train, "proposals", loaded)
+    distilled = _model_maps(cfg, run_dir / "distillation", records, cfg.data.train, "parts", loaded)
     part_names = dict(enumerate(catalog.metadata(cfg.data.train, project_root()).part_classes))
     clusters = {c: f"cluster {c}" for c in range(16)}
     rows = []
