@@ -67,3 +67,10 @@ def test_controls_oracle_is_perfect_and_random_is_low(empty_root, tmp_path):
     # every object is covered by its cells, and the seed decides them
     assert random_cells(records, 4, 0) == random_cells(records, 4, 0) != random_cells(records, 4, 1)
     assert json.loads(json.dumps(random_cells(records[:1], 4, 0)))  # JSON-ready
+
+
+def test_an_unknown_dataset_name_is_a_user_error(empty_root, capsys):
+    from partdistill.errors import UserError
+
+    with pytest.raises(UserError, match="unknown dataset 'synthetic-x'.*synthetic-s<seed>-n<images>"):
+        check_dataset("synthetic-x", empty_root / "datasets")

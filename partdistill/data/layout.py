@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from partdistill.data.planted import GENERATOR
+from partdistill.errors import UserError
 
 WNID = re.compile(r"^n\d{8}$")
 # a synthetic data set keyed by how it was made: `synthetic-s<seed>-n<images per split>`, written on demand
@@ -252,14 +253,21 @@ def generation(num_images: int, seed: int) -> dict:
     return {"generator": GENERATOR, "seed": int(seed), "images_per_split": int(num_images)}
 
 
+class UnknownDataset(UserError, KeyError):
+    """A dataset name (data.name, eval.dataset) that is no dataset: launch.py prints the message."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message
+        return str(self.args[0])
+
+
 def family(dataset: str) -> str:
     """The kind of a dataset name: itself, or `synthetic` for a keyed synthetic set."""
     if dataset in _CHECKS:
         return dataset
     if KEYED_SYNTHETIC.match(dataset):
         return "synthetic"
-    raise KeyError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)} and "
-                   f"synthetic-s<seed>-n<images> (the synthetic set made from that seed and size)")
+    raise UnknownDataset(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)} and "
+                         f"synthetic-s<seed>-n<images> (the synthetic set made from that seed and size)")
 
 
 _CHECKS: dict[str, Callable[[_Checker, Iterable[str]], None]] = {
