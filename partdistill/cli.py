@@ -21,30 +21,19 @@ from partdistill.data.layout import DATASETS
 REPORTED = ("imagenet_1k", "imagenet_22k", "part_imagenet", "pascal_parts", "cityscapes_part")
 
 
-def compose(overrides: Sequence[str]):
-    """The config `launch.py` would compose with these overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from partdistill import config
-
-    config.register()
-    with initialize_config_dir(str(config.CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
-
-
 def data_check(args: argparse.Namespace) -> int:
     """One row per dataset; exit status 1 when a dataset the composed config needs is missing."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from partdistill import plan
+    from partdistill import config, plan
     from partdistill.config.resolver import check, describe_root
+    from partdistill.errors import ConfigError
 
     try:
-        cfg = compose(args.overrides)
+        cfg = config.compose(args.overrides)
         needs = plan.dataset_needs(cfg)
-    except (HydraException, OmegaConfBaseException, plan.ConfigError) as exc:
+    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
         print(f"partdistill data check: cannot compose the config: {exc}", file=sys.stderr)
         return 2
     names = list(REPORTED) + [n for n in DATASETS if n not in REPORTED and n in needs]

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem with the user's input (config, files, datasets); the message says what and how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that composes but cannot be run (the message names the key and the fix)."""

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from partdistill.config import suite_config_path
+from partdistill.config import suite_config
 from partdistill.config.resolver import DatasetLayoutError, check, describe_root
 from partdistill.data.layout import LayoutReport
-from partdistill.errors import UserError
+from partdistill.errors import ConfigError, UserError
 
 STAGE_ORDER = ("instance_training", "object_masks", "pixel_grouping", "proposal_learning", "part_ranking",
                "distillation", "evaluate", "report")
@@ -36,10 +36,6 @@ SLURM_KEYS = (
     "partition", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "mem_per_gpu",
     "timeout_min", "signal_delay_s", "max_num_timeout", "array_parallelism",
 )
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that composes but cannot be run (the message names the key and the fix)."""
 
 
 class StageNotAvailable(UserError):
@@ -72,16 +68,10 @@ def stages_to_run(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return [(cfg.stage.name, cfg.stage)]
 
 
-def suite_dataset(suite: str, run_eval: DictConfig | None = None) -> tuple[str, list[str]]:
-    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites; the
-    run's own suite (`run_eval`, the composed `eval`) as composed, since its values may interpolate."""
-    if run_eval is not None and run_eval.suite == suite:
-        return run_eval.dataset, [run_eval.split, run_eval.match_split]
-    path = suite_config_path(suite)
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"stage.eval_suites names an unknown suite {suite!r}; the suites are {known}")
-    node = OmegaConf.load(path)
+def suite_dataset(suite: str, run_eval: DictConfig) -> tuple[str, list[str]]:
+    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites, as
+    Hydra composes `eval=<suite>`, resolved against the run's config (`run_eval`: its composed `eval`)."""
+    node = suite_config(suite, run_eval._get_root())
     return node.dataset, [node.split, node.match_split]
 
 
@@ -185,7 +175,7 @@ def describe(cfg: DictConfig, reports: list[LayoutReport], launcher: str, launch
     choices = f"data={cfg.data.name}, eval={cfg.eval.suite}, model={cfg.model.name}"
     lines = [
         "partdistill dry run: nothing is run or submitted.",
-        f"  setting   {cfg.setting.name} ({choices})",
+        f"  experiment {cfg.experiment.name} ({choices})",
         f"  run dir   {cfg.run_dir}",
         f"  stages    {', '.join(name for name, _ in stages_to_run(cfg))}",
         f"  datasets  ({describe_root()})",

@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-from partdistill.plan import PARTITIONED, ConfigError
+from partdistill.errors import ConfigError
+from partdistill.plan import PARTITIONED
 
 SHORTHAND = re.compile(r"^stage\.partition=(all|incomplete)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -29,7 +30,9 @@ class NothingToRun(Exception):
     """stage.partition=incomplete found every partition complete."""
 
 
-def _overrides(args: list[str]) -> list[str]:
+def overrides_of(args: list[str], keep_hydra: bool = False) -> list[str]:
+    """The overrides among launch.py's arguments (flags and their values left out; Hydra's own
+    `hydra...` overrides and the shorthands too, unless `keep_hydra`)."""
     out, skip = [], False
     for arg in args:
         if skip:
@@ -40,14 +43,13 @@ def _overrides(args: list[str]) -> list[str]:
             continue
         if arg.startswith("-") or "=" not in arg:
             continue
-        if arg.lstrip("+~").startswith(("hydra.", "hydra/")) or SHORTHAND.match(arg):
+        if not keep_hydra and (arg.lstrip("+~").startswith(("hydra.", "hydra/")) or SHORTHAND.match(arg)):
             continue
         out.append(arg)
     return out
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from partdistill import config
@@ -58,9 +60,7 @@ def _compose(overrides: list[str]):
             f"stage.partition=all|incomplete cannot be combined with another sweep ({' '.join(sweeps)}): "
             "run one command per value, or give the partitions yourself, e.g. 'stage.partition=range(0,P)'"
         )
-    config.register()
-    with initialize_config_dir(str(config.CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return config.compose(overrides)
 
 
 def partitions(word: str, overrides: list[str]) -> tuple[list[int], str]:
@@ -113,7 +113,7 @@ def expand(argv: list[str]) -> list[str]:
     word = SHORTHAND.match(argv[found[-1]]).group(1)
     multirun = any(arg in MULTIRUN_FLAGS for arg in argv[1:])
     if multirun:
-        indices, why = partitions(word, _overrides(argv[1:]))
+        indices, why = partitions(word, overrides_of(argv[1:]))
         value = sweep_value(indices)
     else:
         value, why = "null", "without -m, every partition in turn in this process (complete shards are skipped)"

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from partdistill import config
 
@@ -22,8 +21,7 @@ def compose_cfg():
     """compose_cfg(*overrides, hydra=False): the config launch.py would compose."""
 
     def _compose(*overrides: str, hydra: bool = False):
-        with initialize_config_dir(str(config.CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+        return config.compose(overrides, hydra=hydra)
 
     return _compose
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from partdistill.config import CONFIG_DIR
 from partdistill.plan import STAGES
 
-GROUPS = ("data", "eval", "model", "stage", "setting", "experiment", "hydra/launcher")
+GROUPS = ("data", "eval", "model", "stage", "experiment", "hydra/launcher")
 
 
 def options(group: str) -> list[str]:
@@ -37,15 +37,15 @@ def test_groups_listed_are_the_documented_ones():
     assert options("experiment") == ["compute_friendly", "demo", "paper", "smoke"]
     assert options("hydra/launcher") == ["local", "slurm"]
     assert set(options("stage")) == set(STAGES) | {"pipeline"}
-    for stage in STAGES:  # every stage has values for every setting
-        assert options(f"preset/{stage}") == options("setting"), stage
+    for experiment in options("experiment"):  # every experiment has values for every stage
+        values = OmegaConf.load(CONFIG_DIR / "experiment" / f"{experiment}.yaml").stages
+        assert set(values) == set(STAGES) | {"pipeline"}, experiment
 
 
 def test_data_chooses_only_the_data(compose_cfg):
     default = OmegaConf.to_container(compose_cfg(), resolve=False)
     chosen = OmegaConf.to_container(compose_cfg("data=imagenet_22k"), resolve=False)
     assert chosen["data"]["name"] == "imagenet_22k" and default["data"]["name"] == "imagenet_1k"
-    assert chosen["data"]["root"] == "${pd_dataset:imagenet_22k}"
     assert {k for k in default if default[k] != chosen[k]} == {"data"}
 
 
@@ -110,9 +110,9 @@ def test_demo_preset_is_the_whole_method_on_its_own_data(compose_cfg):
     assert other.run_dir != cfg.run_dir and other.run_dir.endswith("runs/demo_s2")
 
 
-def test_stage_values_follow_the_setting_and_overrides(compose_cfg):
+def test_stage_values_follow_the_experiment_and_overrides(compose_cfg):
     assert compose_cfg("stage=pixel_grouping").stage.num_partitions == 8
-    assert compose_cfg("stage=pixel_grouping", "setting=paper").stage.num_partitions == 320
+    assert compose_cfg("stage=pixel_grouping", "experiment=paper").stage.num_partitions == 320
     cfg = compose_cfg("stage=pixel_grouping", "experiment=paper", "stage.kmeans.k=5", "stage.partition=3")
     assert (cfg.stage.kmeans.k, cfg.stage.partition, cfg.stage.num_partitions) == (5, 3, 320)
     cfg = compose_cfg("stage=pipeline", "stage.pixel_grouping.metric=l2")
@@ -149,3 +149,34 @@ def test_slurm_launcher_asks_for_the_stage_resources(compose_cfg):
     assert launcher.max_num_timeout > 0
     cfg = compose_cfg("experiment=smoke", "stage=pixel_grouping", "hydra/launcher=slurm", hydra=True)
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (0, 1)
+
+
+def test_the_command_line_wins_over_the_experiment_leaf_by_leaf(compose_cfg):
+    # smoke sets kmeans {k: 4, iters: 10}; a dict override merges as Hydra merges it
+    cfg = compose_cfg("experiment=smoke", "stage=pixel_grouping", "stage.kmeans={k:2}")
+    assert (cfg.stage.kmeans.k, cfg.stage.kmeans.iters) == (2, 10)
+    # a value equal to the schema default still wins over the experiment's
+    assert compose_cfg("experiment=paper", "stage=pixel_grouping", "stage.num_partitions=1").stage.num_partitions == 1
+    assert "stages" not in compose_cfg("experiment=smoke")
+
+
+def test_an_experiment_value_that_does_not_fit_its_stage_is_named(compose_cfg):
+    from partdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages.pixel_grouping.kmeans.kk=3 \(experiment=smoke\)"):
+        compose_cfg("experiment=smoke", "stage=pixel_grouping", "+stages.pixel_grouping.kmeans.kk=3")
+
+
+@pytest.mark.parametrize("key", ["data.root=/x", "eval.root=/x", "eval.batch_size=4", "eval.min_size=512",
+                                 "setting=paper"])
+def test_keys_that_nothing_read_are_gone(compose_cfg, key):
+    with pytest.raises((ConfigCompositionException, MissingConfigException)):
+        compose_cfg(key)
+
+
+def test_no_code_branches_on_the_experiment_name():
+    import subprocess
+
+    found = subprocess.run(["grep", "-rnE", r"(setting|experiment)(\.get\(.name.\)|\.name) *(==|!=|in )",
+                            str(CONFIG_DIR.parent / "partdistill")], capture_output=True, text=True).stdout
+    assert found == ""

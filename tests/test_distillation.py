@@ -194,7 +194,7 @@ def test_evaluate_runs_the_trained_model_writes_its_predictions_and_rescoring_th
 
 
 def test_evaluate_names_what_is_wrong_with_the_weights(ranked, compose_cfg, tmp_path):
-    from partdistill.plan import ConfigError
+    from partdistill.errors import ConfigError
 
     def evaluate(*overrides):
         return stages.run(compose_cfg("experiment=smoke", "stage=evaluate", f"run_dir={ranked}", *overrides))

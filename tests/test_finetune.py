@@ -14,7 +14,7 @@ from partdistill import stages
 from partdistill.data import masks, synthetic
 from partdistill.models.inference import semantic
 from partdistill.models.mask2former import Batch
-from partdistill.plan import ConfigError
+from partdistill.errors import ConfigError
 from partdistill.stages import finetune
 
 NO_JITTER = ("stage.augmentation.flip=false", "stage.augmentation.crop_relative=1.0",

@@ -40,7 +40,22 @@ def test_help_lists_groups_and_options():
 def test_cfg_job_prints_the_composed_config(data):
     result = launch(f"data={data}", "--cfg", "job")
     assert result.returncode == 0, result.stderr
-    assert f"data:\n  name: {data}\n  root: ${{pd_dataset:{data}}}\n  train: {data}_train" in result.stdout
+    assert f"data:\n  name: {data}\n  train: {data}_train" in result.stdout
+
+
+def test_cfg_job_shows_the_values_the_stage_runs_with():
+    # the experiment's stages.pixel_grouping merged into stage, the command line on top
+    out = launch("experiment=paper", "stage=pixel_grouping", "stage.kmeans.iters=7", "--cfg", "job").stdout
+    assert "  num_partitions: 320\n" in out and "    iters: 7\n" in out and "\nstages:" not in out
+    assert "experiment:\n  name: paper\n" in out
+
+
+def test_defaults_tree_has_only_the_groups_a_user_chooses():
+    out = launch("experiment=paper", "stage=pixel_grouping", "--info", "defaults-tree").stdout
+    entries = {line.strip().rstrip(":").split(":")[0] for line in out.splitlines()
+               if line.startswith("    ") and "hydra/" not in line and "hydra" != line.strip().rstrip(":")}
+    assert entries <= {"config", "data", "eval", "model", "stage", "experiment", "_self_",
+                       "schema_config", "schema_pixel_grouping"}, entries
 
 
 def test_missing_datasets_stop_with_a_message_not_a_traceback(tmp_path):

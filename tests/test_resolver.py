@@ -1,10 +1,9 @@
-"""The dataset root, the ${pd_dataset:...} resolver, and the error a missing dataset gives."""
+"""The dataset root, the layout check before a run, and the error a missing dataset gives."""
 from __future__ import annotations
 
 import shutil
 
 import pytest
-from omegaconf.errors import InterpolationResolutionError
 
 from partdistill import plan
 from partdistill.config.resolver import CHECKOUT, DatasetLayoutError, check, datasets_root, project_root
@@ -21,18 +20,16 @@ def test_root_from_the_environment(root):
     assert datasets_root() == root / "datasets"
 
 
-def test_resolver_returns_the_checked_absolute_path(root, compose_cfg):
+def test_the_layout_check_passes_and_the_run_folder_is_under_the_root(root, compose_cfg):
     cfg = compose_cfg("data=imagenet_22k", "eval=part_imagenet")
-    assert cfg.data.root == str(root / "datasets/imagenet_22k")
-    assert cfg.eval.root == str(root / "datasets/part_imagenet")
+    reports = plan.check_datasets(cfg)
+    assert [r.path for r in reports] == [root / "datasets/imagenet_22k"] and not reports[0].missing
     assert cfg.run_dir == str(root / "runs/compute_friendly_imagenet_22k")
 
 
-def test_resolver_fails_with_what_is_missing_and_how_to_fix_it(empty_root, compose_cfg):
-    cfg = compose_cfg("data=imagenet_1k")
-    with pytest.raises(InterpolationResolutionError) as info:
-        cfg.data.root
-    assert "DatasetLayoutError raised while resolving interpolation" in str(info.value)
+def test_the_layout_check_fails_with_what_is_missing_and_how_to_fix_it(empty_root, compose_cfg):
+    with pytest.raises(DatasetLayoutError) as info:
+        plan.preflight([compose_cfg("data=imagenet_1k")])
     text = str(info.value)
     assert f"$PART_DISTILLATION_ROOT={empty_root}" in text
     assert f"looked at {empty_root}/datasets/imagenet_1k" in text
@@ -50,11 +47,10 @@ def test_unset_root_is_named_with_the_default_used(monkeypatch):
 def test_eval_suite_requires_its_scored_split(root, compose_cfg):
     shutil.rmtree(root / "datasets/part_imagenet/valtest")
     (root / "datasets/part_imagenet/valtest.json").unlink()
-    cfg = compose_cfg("eval=part_imagenet")
-    with pytest.raises(InterpolationResolutionError) as info:
-        cfg.eval.root
+    with pytest.raises(DatasetLayoutError) as info:
+        plan.preflight([compose_cfg("stage=evaluate", "eval=part_imagenet")])
     assert "create it with `partdistill data prepare part_imagenet`" in str(info.value)
-    assert compose_cfg("eval=part_imagenet", "eval.split=val").eval.root == str(root / "datasets/part_imagenet")
+    plan.preflight([compose_cfg("stage=evaluate", "eval=part_imagenet", "eval.split=val")])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from hydra_plugins.partdistill_launchers import launchers, submission
 from partdistill import config, sweeps
 from partdistill.config.resolver import CHECKOUT
 from partdistill.engine import distributed, preemption
-from partdistill.plan import ConfigError
+from partdistill.errors import ConfigError
 from partdistill.store import Store
 
 

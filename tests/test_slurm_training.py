@@ -69,8 +69,6 @@ def cancel_leftovers():
 @pytest.fixture(scope="module")
 def grouped(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset root, a run folder holding the pixel_grouping store of 6 synthetic images)."""
-    from hydra import compose, initialize_config_dir
-
     from partdistill import config, stages
     from partdistill.data import synthetic
 
@@ -80,8 +78,7 @@ def grouped(tmp_path_factory) -> tuple[Path, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PART_DISTILLATION_ROOT", str(root))
         for stage in ("object_masks", "pixel_grouping"):
-            with initialize_config_dir(str(config.CONFIG_DIR), version_base="1.3"):
-                cfg = compose("config", overrides=["experiment=smoke", f"stage={stage}", f"run_dir={run_dir}"])
+            cfg = config.compose(["experiment=smoke", f"stage={stage}", f"run_dir={run_dir}"])
             stages.run(cfg)
     return root, run_dir
 

@@ -55,12 +55,27 @@ from hydra_plugins.partdistill_launchers.submission import (
 log = logging.getLogger(__name__)
 
 class _CheckSweepFirst:
-    """Mixin for a Hydra launcher: `plan.preflight` over all job configs, then the real launch."""
+    """Mixin for a Hydra launcher: the experiment's stage values merged into every config it sees (the
+    sweep's, whose `stage.resources` the launcher's settings interpolate, and each job's), then
+    `plan.preflight` over all job configs, then the real launch."""
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from partdistill.config import apply_experiment  # lazy: plugin discovery imports this module
+
+        apply_experiment(config, config.hydra.overrides.task)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        params = getattr(self, "params", None)
+        for key in params or {}:  # submitit resolved them at instantiation, before the merge
+            value = OmegaConf.select(config, f"hydra.launcher.{key}")
+            params[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
     def _check_sweep(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
-        from partdistill import plan  # lazy: plugin discovery imports this module
+        from partdistill import plan
+        from partdistill.config import apply_experiment
 
         configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(o)) for o in job_overrides]
+        for cfg in configs:
+            apply_experiment(cfg, cfg.hydra.overrides.task)
         with plan.exit_on_user_error():
             plan.preflight([cfg for cfg in configs if not cfg.dry_run])
         return configs

@@ -1,28 +1,12 @@
-"""Configuration: structured schemas, the dataset resolver, and their registration with Hydra."""
+"""Configuration: structured schemas, composition (experiment values into the stage), the dataset root."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.config.resolver import CHECKOUT, project_root, resolve_dataset
-from partdistill.config.schema import SCHEMAS
+from partdistill.config.compose import apply_experiment, compose, suite_config
+from partdistill.config.registry import CONFIG_DIR, register
 
-CONFIG_DIR = CHECKOUT / "conf"
-
-
-def register() -> None:
-    """Registers the resolvers and the schemas; call before composing any config (idempotent)."""
-    OmegaConf.register_new_resolver("pd_dataset", resolve_dataset, replace=True)
-    OmegaConf.register_new_resolver("pd_root", lambda: str(project_root()), replace=True)
-    store = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
-        store.store(name=name, node=node)
-
-
-def suite_config_path(suite: str) -> Path:
-    return CONFIG_DIR / "eval" / f"{suite}.yaml"
+__all__ = ["CONFIG_DIR", "apply_experiment", "compose", "launcher_params", "register", "suite_config"]
 
 
 def launcher_params(cfg: DictConfig, hydra_cfg: DictConfig) -> dict:

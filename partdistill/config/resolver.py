@@ -1,4 +1,4 @@
-"""The dataset root and the `${pd_dataset:NAME}` resolver: the only way configs reach dataset paths."""
+"""The dataset root ($PART_DISTILLATION_ROOT/datasets) and the message a missing or incomplete dataset gives."""
 from __future__ import annotations
 
 import os
@@ -65,10 +65,3 @@ def check(name: str, splits: Sequence[str] = ()) -> LayoutReport:
     """Checks one dataset under the current root (see `check_dataset`)."""
     return check_dataset(name, datasets_root(), splits)
 
-
-def resolve_dataset(name: str, *splits: str) -> str:
-    """`${pd_dataset:NAME[,SPLIT...]}`: the dataset's absolute path once its layout checks out."""
-    report = check(name, [s for s in splits if s])
-    if report.missing:
-        raise DatasetLayoutError([report])
-    return str(report.path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import II, MISSING
 
@@ -41,13 +41,13 @@ class Resume(Enum):
 
 
 # ---------------------------------------------------------------------------------------------
-# Groups that choose one option: data, eval, model, setting
+# Groups that choose one option: data, eval, model; the experiment
 
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # dataset family: imagenet_1k | imagenet_22k | synthetic
-    root: str = MISSING  # ${pd_dataset:<name>}: absolute path, resolved after its layout check
+    # dataset folder under $PART_DISTILLATION_ROOT/datasets: imagenet_1k | imagenet_22k | synthetic | ...
+    name: str = MISSING
     train: str = MISSING  # catalog name of the training split, e.g. imagenet_1k_train
     num_workers: int = 8  # DataLoader workers per process
 
@@ -56,7 +56,6 @@ class DataConfig:
 class EvalConfig:
     suite: str = MISSING  # suite name: pascal_parts | part_imagenet | cityscapes_part | synthetic
     dataset: str = MISSING  # dataset folder under $PART_DISTILLATION_ROOT/datasets
-    root: str = MISSING  # ${pd_dataset:...}: absolute path, resolved after its layout check
     split: str = MISSING  # the split that is scored
     match_split: str = MISSING  # the split the label -> part mapping is learned on
     mapping: Mapping = Mapping.majority
@@ -65,9 +64,7 @@ class EvalConfig:
     match_predictions: Optional[str] = None  # predictions on match_split, when it differs from split
     min_gt_iou: float = 0.001  # proposal AR drops proposals whose best IoU with a GT part is not above this
     overlays: int = 4  # PNG overlays of predicted parts written per suite
-    min_size: int = 640  # shortest edge of the evaluation input (paper: 640)
-    max_size: int = 1333  # longest edge cap (detectron2's default the paper inherits)
-    batch_size: int = 8
+    proposals: int = 200  # a proposal model's top-scoring masks that are scored (AR@k needs k <= this)
 
 
 @dataclass
@@ -92,13 +89,14 @@ class ModelConfig:
 
 
 @dataclass
-class SettingConfig:
-    name: str = MISSING  # paper | compute_friendly | smoke: selects preset/<stage>/<name>.yaml
+class ExperimentConfig:
+    name: str = MISSING  # paper | compute_friendly | smoke | demo: names the run folder
     description: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
-# Stages: one schema each. Values that differ between settings live in conf/preset/<stage>/.
+# Stages: one schema each. An experiment's values for them live in conf/experiment/<name>.yaml,
+# under stages.<stage> (partdistill/config/compose.py merges them into `stage`).
 
 
 @dataclass
@@ -213,6 +211,8 @@ class TrainingStageConfig(StageConfig):
     keep_checkpoints: int = 3
     resume: Resume = Resume.auto
     num_workers: int = 8
+    eval_images: Optional[int] = None  # images per suite the periodic evaluation scores; null = all
+    eval_batch_size: int = 2  # images per forward pass of the periodic evaluation
     # start from a trained partdistill model (a stage folder such as ${run_dir}/proposal_learning, its
     # checkpoints folder or a model file): all its weights but the class head; null = model.pretrained
     init_from: Optional[str] = None
@@ -311,8 +311,10 @@ class Config:
     data: DataConfig = MISSING
     eval: EvalConfig = MISSING
     model: ModelConfig = MISSING
-    setting: SettingConfig = MISSING
+    experiment: ExperimentConfig = MISSING
     stage: Any = MISSING  # one of the stage schemas above, chosen by the stage group
+    # the experiment's values of every stage, merged into `stage` right after composition and removed
+    stages: Optional[Dict[str, Any]] = None
     run_dir: str = MISSING  # where the stages of one run meet: store, checkpoints, results
     dry_run: bool = False  # print the plan (stages, datasets, jobs, resources) and exit
     seed: int = 0

@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from partdistill.evaluation.report import MIOU_KEYS, SUPERVISED_KEYS, headline, write_table
-from partdistill.plan import ConfigError
+from partdistill.errors import ConfigError
 
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:

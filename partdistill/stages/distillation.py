@@ -31,7 +31,7 @@ from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.errors import UserError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, score, suite_records, train
+from partdistill.stages.training import score, suite_records, train
 from partdistill.store import Store, class_key
 
 STAGE = "distillation"
@@ -63,8 +63,8 @@ def training_items(records, classes: list[str], num_parts: int, min_object_area_
     return items
 
 
-def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, limit: int | None = None,
-                   run_eval=None) -> dict:
+def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, batch_size: int,
+                   limit: int | None = None, run_eval=None) -> dict:
     """{suite: part mIoU (majority mapping, learned on the suite's match split) of the class-conditioned
     parts} on each suite; `head` as written to head.json (classes, train_data, num_parts)."""
     from partdistill.plan import suite_dataset
@@ -72,13 +72,14 @@ def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, l
     results = {}
     for suite in suites:
         _, (split, match_split) = suite_dataset(suite, run_eval)
-        match = score_parts(model, suite, 1, head, size, device, limit, run_eval) if match_split != split else None
-        results[suite] = score_parts(model, suite, 0, head, size, device, limit, run_eval).evaluate(match=match)
+        args = (head, size, device, batch_size, limit, run_eval)
+        match = score_parts(model, suite, 1, *args) if match_split != split else None
+        results[suite] = score_parts(model, suite, 0, *args).evaluate(match=match)
     return results
 
 
-def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, limit: int | None,
-                run_eval=None):
+def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, batch_size: int,
+                limit: int | None, run_eval=None):
     """A PartMIoUEvaluator that has processed the model's parts on a suite's split (0 scored, 1 match)."""
     from partdistill.evaluation.part_miou import PartMIoUEvaluator
     from partdistill.models.conditioned_head import parts_of_head
@@ -86,7 +87,7 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
     name, records = suite_records(suite, limit, split, run_eval)
     meta = catalog.metadata(name, project_root())
     return score(model, PartMIoUEvaluator(meta, "majority", "synset"), records, parts_of_head(head, meta, name),
-                 size, device)
+                 size, device, batch_size)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -116,12 +117,13 @@ def run(cfg: DictConfig) -> dict:
     if s.query_feature_normalize:
         normalize_queries(model)
     configure_conditioned_loss(model, s.loss, num_parts)
-    device, limit = device_of(cfg), eval_limit(cfg)
+    device = device_of(cfg)
     head = {"kind": "conditioned_parts", "num_labels": num_parts * len(classes), "num_parts": num_parts,
             "classes": classes, "train_data": cfg.data.train, "query_feature_normalize": s.query_feature_normalize}
 
     def evaluate(m):
-        return evaluate_parts(m, list(s.eval_suites), head, int(s.augmentation.base_size), device, limit, cfg.eval)
+        return evaluate_parts(m, list(s.eval_suites), head, int(s.augmentation.base_size), device,
+                              int(s.eval_batch_size), s.eval_images, cfg.eval)
 
     return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), conditioned_loss_terms(num_parts),
                  evaluate if s.eval_suites else None,

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from partdistill.config.resolver import project_root
 from partdistill.evaluation.report import headline
 from partdistill.evaluation.saved import evaluate_saved
-from partdistill.plan import ConfigError
+from partdistill.errors import ConfigError
 from partdistill.stages.common import output_dir
 from partdistill.stages.trained_models import (
     find_head,

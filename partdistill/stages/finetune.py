@@ -53,9 +53,9 @@ from partdistill.data import catalog, masks
 from partdistill.engine.distributed import is_main_process
 from partdistill.errors import UserError
 from partdistill.io import write_json_atomic
-from partdistill.plan import ConfigError
+from partdistill.errors import ConfigError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, score, score_proposals, split_records, train
+from partdistill.stages.training import score, score_proposals, split_records, train
 
 STAGE = "finetune"
 HEADS = ("semseg", "prop")
@@ -143,19 +143,19 @@ def output_name(suite: str, head: str, fraction: float, subset_seed: int) -> str
 # evaluation
 
 
-def evaluate_semantic(model, ev, size: int, device: torch.device, limit: int | None = None) -> dict:
+def evaluate_semantic(model, ev, size: int, device: torch.device, batch_size: int, limit: int | None = None) -> dict:
     """{suite: supervised mIoU, mACC, pixel_acc, per-part rows} of the model's semantic predictions."""
     from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
     from partdistill.models.inference import semantic
 
     name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
     evaluator = SupervisedMIoUEvaluator(catalog.metadata(name, project_root()), _value(ev.object_class))
-    return {ev.suite: score(model, evaluator, records, semantic(), size, device).evaluate()}
+    return {ev.suite: score(model, evaluator, records, semantic(), size, device, batch_size).evaluate()}
 
 
-def evaluate_proposals(model, ev, size: int, device: torch.device, limit: int | None = None) -> dict:
+def evaluate_proposals(model, ev, size: int, device: torch.device, batch_size: int, limit: int | None = None) -> dict:
     """{suite: AR@k and AR-nonoverlap@k of the model's top proposals}."""
-    return {ev.suite: score_proposals(model, *split_records(f"{ev.dataset}_{ev.split}", limit), size, device,
+    return {ev.suite: score_proposals(model, *split_records(f"{ev.dataset}_{ev.split}", limit), size, device, batch_size,
                                       min_gt_iou=float(ev.min_gt_iou), object_class=_value(ev.object_class))}
 
 
@@ -197,7 +197,7 @@ def run(cfg: DictConfig) -> dict:
     head_info |= {"train_split": train_name, "fraction": fraction, "subset_seed": int(s.subset_seed),
                   "train_images": len(items)}
 
-    device, limit, size = device_of(cfg), eval_limit(cfg), int(s.augmentation.base_size)
+    device, size = device_of(cfg), int(s.augmentation.base_size)
     model = build_model(cfg.model, num_labels=num_labels)
     if s.init_from is not None:
         from partdistill.engine.checkpoint import load_all_but_head
@@ -209,7 +209,7 @@ def run(cfg: DictConfig) -> dict:
 
     def evaluate(m):
         last.clear()
-        last.update(scorer(m, ev, size, device, limit))
+        last.update(scorer(m, ev, size, device, int(s.eval_batch_size), s.eval_images))
         return last
 
     stage_name = f"{STAGE}/{output_name(ev.suite, head, fraction, int(s.subset_seed))}"

@@ -47,13 +47,13 @@ def model_options(cfg: DictConfig) -> dict:
     return options
 
 
-def evaluate_instances(model, dataset: str, size: int, device, limit: int | None = None) -> dict:
+def evaluate_instances(model, dataset: str, size: int, device, batch_size: int, limit: int | None = None) -> dict:
     """{dataset: top-instance IoU} of the model on a catalog split (e.g. synthetic_val)."""
     from partdistill.evaluation.instances import TopInstanceIoUEvaluator
     from partdistill.models.inference import proposals
 
     name, records = split_records(dataset, limit)
-    return {name: score(model, TopInstanceIoUEvaluator(), records, proposals(1), size, device).evaluate()}
+    return {name: score(model, TopInstanceIoUEvaluator(), records, proposals(1), size, device, batch_size).evaluate()}
 
 
 def export(model, folder: Path, class_names: list[str]) -> None:
@@ -86,7 +86,8 @@ def run(cfg: DictConfig) -> dict:
     device, scored = device_of(cfg), f"{cfg.eval.dataset}_{cfg.eval.split}"
 
     def evaluate(m):
-        return evaluate_instances(m, scored, int(s.augmentation.base_size), device)
+        return evaluate_instances(m, scored, int(s.augmentation.base_size), device, int(s.eval_batch_size),
+                                  s.eval_images)
 
     result = train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), loss_terms, evaluate,
                    {"images": len(items), "objects": sum(len(i["segments"]) for i in items)},

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from partdistill.data import masks
 from partdistill.errors import UserError
 from partdistill.stages.common import device_of
-from partdistill.stages.training import eval_limit, score_proposals, suite_records, train
+from partdistill.stages.training import score_proposals, suite_records, train
 from partdistill.store import Store
 
 STAGE = "proposal_learning"
@@ -60,10 +60,11 @@ def training_items(records, min_object_area_ratio: float, min_area_ratio: float)
 # evaluation
 
 
-def evaluate_proposals(model, suites, size: int, device: torch.device, limit: int | None = None,
+def evaluate_proposals(model, suites, size: int, device: torch.device, batch_size: int, limit: int | None = None,
                        run_eval=None) -> dict:
     """{suite: AR@k and AR-nonoverlap@k of the model's top proposals} on each suite's scored split."""
-    return {suite: score_proposals(model, *suite_records(suite, limit, 0, run_eval), size, device) for suite in suites}
+    return {suite: score_proposals(model, *suite_records(suite, limit, 0, run_eval), size, device, batch_size)
+            for suite in suites}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,12 +83,13 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"{STAGE}: no part of the '{UPSTREAM}' store in {store.folder} passes the filters "
                         f"(stage.min_object_area_ratio={s.min_object_area_ratio}, "
                         f"stage.min_area_ratio={s.min_area_ratio})")
-    device, limit = device_of(cfg), eval_limit(cfg)
+    device = device_of(cfg)
     model = build_model(cfg.model, num_labels=1)
     configure_loss(model, s.loss)
 
     def evaluate(m):
-        return evaluate_proposals(m, list(s.eval_suites), int(s.augmentation.base_size), device, limit, cfg.eval)
+        return evaluate_proposals(m, list(s.eval_suites), int(s.augmentation.base_size), device,
+                                  int(s.eval_batch_size), s.eval_images, cfg.eval)
 
     return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), loss_terms,
                  evaluate if s.eval_suites else None,

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from partdistill.config.resolver import project_root
-from partdistill.plan import ConfigError
+from partdistill.errors import ConfigError
 from partdistill.stages.training import HEAD_FILE
 
 
@@ -51,7 +51,7 @@ def to_predictions_for(head: dict, cfg: DictConfig, dataset_name: str):
 
     kind = head["kind"]
     if kind == "proposals":
-        return inference.proposals(k=200)
+        return inference.proposals(k=int(cfg.eval.proposals))
     if kind == "semantic":
         if head.get("dataset") != cfg.eval.dataset:
             raise ConfigError(f"this model's head predicts the part classes of {head.get('dataset')}; it cannot be "

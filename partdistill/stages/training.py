@@ -18,8 +18,6 @@ from partdistill.data.augmentation import collate
 from partdistill.engine.distributed import is_main_process
 from partdistill.io import write_json_atomic
 
-SMOKE_EVAL_IMAGES = 16  # images per suite scored by a smoke run's evaluation
-EVAL_BATCH = 2  # images per forward pass of a training stage's evaluation
 
 
 def suite_records(suite: str, limit: int | None = None, split: int = 0, run_eval=None) -> tuple[str, list[dict]]:
@@ -37,29 +35,25 @@ def split_records(name: str, limit: int | None = None) -> tuple[str, list[dict]]
     return name, records[:limit] if limit else records
 
 
-def score(model, evaluator, records: list[dict], to_predictions, size: int, device: torch.device):
-    """Feeds the model's predictions on `records` (images fit into `size`) to `evaluator`; returns it."""
+def score(model, evaluator, records: list[dict], to_predictions, size: int, device: torch.device, batch_size: int):
+    """Feeds the model's predictions on `records` (images fit into `size`, `batch_size` per forward pass)
+    to `evaluator`; returns it."""
     from partdistill.models.inference import predict_records
 
-    for chunk, predictions in predict_records(model, records, to_predictions, size, device, EVAL_BATCH):
+    for chunk, predictions in predict_records(model, records, to_predictions, size, device, batch_size):
         evaluator.process(chunk, predictions)
     return evaluator
 
 
-def score_proposals(model, name: str, records: list[dict], size: int, device: torch.device, **options) -> dict:
+def score_proposals(model, name: str, records: list[dict], size: int, device: torch.device, batch_size: int,
+                    **options) -> dict:
     """AR@k and AR-nonoverlap@k of the model's top proposals on `records` of dataset `name`;
     `options` go to the ProposalAREvaluator (min_gt_iou, object_class)."""
     from partdistill.evaluation.proposals import ProposalAREvaluator
     from partdistill.models.inference import proposals
 
     evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()), **options)
-    return score(model, evaluator, records, proposals(max(evaluator.limits)), size, device).evaluate()
-
-
-def eval_limit(cfg: DictConfig) -> int | None:
-    """Images per suite a training stage's periodic evaluation scores: all, or a few in smoke runs."""
-    setting = cfg.get("setting")
-    return SMOKE_EVAL_IMAGES if setting is not None and setting.get("name") == "smoke" else None
+    return score(model, evaluator, records, proposals(max(evaluator.limits)), size, device, batch_size).evaluate()
 
 
 HEAD_FILE = "head.json"
