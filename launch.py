@@ -32,11 +32,13 @@ def main(cfg: DictConfig) -> None:
         if cfg.dry_run:
             hydra_cfg = HydraConfig.get()
             launcher = hydra_cfg.runtime.choices["hydra/launcher"]
+            config.ranges.check(cfg)
             reports = plan.check_datasets(cfg)
             print(plan.describe(cfg, reports, launcher, config.launcher_params(cfg, hydra_cfg)))
             plan.require(reports)
             return
         plan.preflight([cfg])
+        plan.check_device(cfg)
         stages.run(cfg)
 
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
-from partdistill.config import suite_config
+from partdistill.config import ranges, suite_config
 from partdistill.config.resolver import DatasetLayoutError, check, describe_root
 from partdistill.data.layout import LayoutReport
 from partdistill.errors import ConfigError, UserError
@@ -130,10 +130,13 @@ def check_partition(stage: DictConfig) -> None:
 
 
 def preflight(configs: list[DictConfig]) -> None:
-    """What must hold before any job of these configs runs or is submitted: partition indices in
-    range, every dataset they read in place (each checked once), every stage they select implemented."""
+    """What must hold before any job of these configs runs or is submitted: every value in its range,
+    partition indices in range, every dataset they read in place (each checked once), every stage they
+    select implemented."""
     from partdistill import stages  # stages imports this module
 
+    for cfg in configs:
+        ranges.check(cfg)
     write_synthetic(configs)
     needs: dict[str, list[str]] = {}
     selected: set[str] = set()
@@ -189,3 +192,13 @@ def describe(cfg: DictConfig, reports: list[LayoutReport], launcher: str, launch
     else:
         lines.append(f"  launcher  {launcher}: in this process, one job after another")
     return "\n".join(lines)
+
+
+def check_device(cfg: DictConfig) -> None:
+    """`device=cuda` needs a GPU where the stage runs: checked as a run starts (a SLURM submission composes
+    on a login node without one, so there it is the job's check)."""
+    import torch
+
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device}, but this machine has no CUDA device torch can use: run on a GPU "
+                          "machine, or give device=auto (the GPU where there is one) or device=cpu")
