@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from layouts import make_cityscapes_part, make_imagenet_22k, make_part_imagenet
+from layouts import WNIDS, make_cityscapes_part, make_imagenet_22k, make_part_imagenet
 from partdistill.data.layout import DATASETS, check_dataset
 
 
@@ -87,6 +87,19 @@ def test_imagenet_21k_alias(root):
     assert report.status == "warning"
     assert report.path == root / "datasets/imagenet_21k"
     assert "imagenet_21k is accepted for imagenet_22k" in report.warnings[0]
+
+
+def test_symlink_loops_do_not_stop_the_check(root):
+    train = root / "datasets/imagenet_1k/train"
+    (train / "n09999999").symlink_to("n09999999")  # a class folder that loops
+    for image in (train / WNIDS[0]).iterdir():
+        image.unlink()
+    (train / WNIDS[0] / "loop.JPEG").symlink_to("loop.JPEG")  # a sampled folder that holds only a loop
+    report = check_dataset("imagenet_1k", root / "datasets")
+    assert f"{train}/n09999999: a symlink loop (skipped)" in report.warnings
+    assert f"{train / WNIDS[0]}/loop.JPEG: a symlink loop (skipped)" in report.warnings
+    assert report.found[0] == "train: 3 classes"
+    assert [m for m in report.missing if m.startswith(f"{train / WNIDS[0]}/ (class folder has no")]
 
 
 def test_left_image_8bit_alias(root):
