@@ -89,6 +89,15 @@ def test_imagenet_21k_alias(root):
     assert "imagenet_21k is accepted for imagenet_22k" in report.warnings[0]
 
 
+def test_empty_imagenet_22k_names_the_imagenet_21k_beside_it(root):
+    make_imagenet_22k(root / "datasets/imagenet_21k")
+    shutil.rmtree(root / "datasets/imagenet_22k")
+    (root / "datasets/imagenet_22k").mkdir()
+    report = check_dataset("imagenet_22k", root / "datasets")
+    assert report.status == "missing" and report.path == root / "datasets/imagenet_22k"
+    assert any(f"{root}/datasets/imagenet_21k holds 3 class folders but is not used" in w for w in report.warnings)
+
+
 def test_symlink_loops_do_not_stop_the_check(root):
     train = root / "datasets/imagenet_1k/train"
     (train / "n09999999").symlink_to("n09999999")  # a class folder that loops

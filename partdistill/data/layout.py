@@ -102,6 +102,15 @@ def _check_imagenet_22k(c: Checker, splits: Iterable[str]) -> None:
     for split in splits:  # ImageNet-22K has no split folders: "train" is all of it, nothing else exists
         if split != "train":
             c.folder(split)
+    # an alias folder beside the one used is never looked at: an empty imagenet_22k/ would hide a full imagenet_21k/
+    for alias in _FOLDER_NAMES[c.report.dataset]:
+        other = c.base.parent / alias
+        if other != c.base and other.is_dir():
+            count = len(Checker(LayoutReport(c.report.dataset, other)).subfolders(other, WNID))
+            if count:
+                c.report.warnings.append(
+                    f"{other} holds {count} class folders but is not used: {c.base} is looked at first; "
+                    f"remove or rename {c.base.name}/ to use {alias}/")
 
 
 def _part_imagenet_json_hint(c: Checker, split: str) -> str:
