@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from partdistill.data import catalog, coco, masks, part_imagenet
 from partdistill.data.planted import part_appearance
+from partdistill.errors import UserError
 
 
 @pytest.fixture
@@ -82,6 +84,33 @@ def test_degenerate_polygon_and_missing_image_are_skipped_and_named(part_root, c
     assert "part_imagenet_train: skipped 2 sample(s)" in caplog.text
     assert f"{missing}: image missing" in caplog.text
     assert "train.json#annotation-" in caplog.text and "degenerate" in caplog.text
+
+
+def _edit_json(path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_annotation_of_an_unknown_category_is_skipped_and_named(part_root, caplog):
+    train = part_root / "datasets/part_imagenet/train.json"
+    _edit_json(train, lambda data: data["annotations"][0].update(category_id=999))
+    records = catalog.load("part_imagenet_train", root=part_root)
+    assert len(records) == 8 and catalog.metadata("part_imagenet_train", root=part_root).part_classes
+    assert f"{train}#annotation-1: category_id 999 is not in the file's categories" in caplog.text
+    assert "part_imagenet_train: skipped 2 sample(s)" in caplog.text  # with the release-like degenerate one
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda path: _edit_json(path, lambda data: data.update(images={"1": {}})), "'images' is a dict, not a list"),
+    (lambda path: path.write_text(path.read_text()[:200]), "is not valid JSON"),
+], ids=["images not a list", "truncated"])
+def test_a_broken_annotation_file_stops_naming_it(part_root, damage, named):
+    train = part_root / "datasets/part_imagenet/train.json"
+    damage(train)
+    for read in (catalog.load, catalog.metadata):
+        with pytest.raises(UserError, match=re.escape(str(train)) + ".*" + re.escape(named)):
+            read("part_imagenet_train", root=part_root)
 
 
 def test_prepare_valtest_merges_with_unique_stable_ids(part_root):
