@@ -113,6 +113,20 @@ def test_a_broken_annotation_file_stops_naming_it(part_root, damage, named):
             read("part_imagenet_train", root=part_root)
 
 
+def test_release_category_names_come_through_unchanged(part_root):
+    """The release names each part with its supercategory ("Quadruped Head"): no prefix is added."""
+    val = part_root / "datasets/part_imagenet/val.json"
+    categories = json.loads(val.read_text())["categories"]
+    assert categories[0] == {"id": 0, "name": "Quadruped Head", "supercategory": "Quadruped"}
+    assert categories[39] == {"id": 39, "name": "Bottle Mouth", "supercategory": "Bottle"}
+    assert [c["id"] for c in categories] == list(range(40))
+    meta = catalog.metadata("part_imagenet_val", root=part_root)
+    assert meta.part_classes == [c["name"] for c in categories]
+    _edit_json(val, lambda data: data["categories"][1].update(name="Body of a quadruped"))
+    assert catalog.metadata("part_imagenet_val", root=part_root).part_classes[:2] == [
+        "Quadruped Head", "Body of a quadruped"]
+
+
 def test_prepare_valtest_merges_with_unique_stable_ids(part_root):
     base = part_root / "datasets/part_imagenet"
     summary = part_imagenet.prepare_valtest(base)

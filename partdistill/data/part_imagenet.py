@@ -2,7 +2,8 @@
 
 The object of an image is the union of its parts; its class is the image's ImageNet synset (from the
 file name), as the paper's code does, with the supercategory (which defines the part set) kept
-beside it. Part classes are the JSON's 40 categories, named "<supercategory> <part>".
+beside it. Part classes are the JSON's 40 categories with their names as the file gives them (the
+release's already carry the supercategory: "Quadruped Head").
 
 A split's JSON that cannot be read, or whose `images`, `annotations` or `categories` are not lists of
 usable entries, stops the load naming the file (`AnnotationFileError`); a single unusable image entry
@@ -172,15 +173,16 @@ def metadata(dataset: str, base: Path, split: str, root: Path) -> Metadata:
     supers = [supercategory_of.get(w, "") for w in wnids]
     return Metadata(
         thing_classes=wnids,
-        part_classes=[f"{c['supercategory']} {c['name']}" for c in categories],
+        part_classes=[c["name"] for c in categories],
         parts_of={i: parts_of_super.get(s, []) for i, s in enumerate(supers)},
         extra={"wnids": wnids, "supercategory_of": supers, "supercategories": list(parts_of_super)},
     )
 
 
 def categories() -> list[dict]:
+    """The release's 40 categories: ids 0-39, each name carrying its supercategory ("Quadruped Head")."""
     cats = [(s, p) for s, parts in TAXONOMY.items() for p in parts]
-    return [{"id": i, "name": p, "supercategory": s} for i, (s, p) in enumerate(cats)]
+    return [{"id": i, "name": f"{s} {p}", "supercategory": s} for i, (s, p) in enumerate(cats)]
 
 
 def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
