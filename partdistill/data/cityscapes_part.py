@@ -131,8 +131,9 @@ def _paste(crop: np.ndarray, box: tuple[slice, slice], shape: tuple[int, ...]) -
 def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
     """Records of a split, one per label file with an image, sorted by image_id.
 
-    Label files whose image is missing, that cannot be read, or that are not 2-D int32/uint32
-    are skipped, counted, and named in one warning at the end.
+    Label files whose image is missing or unreadable, that cannot be read, that are not 2-D
+    int32/uint32, or whose size differs from their image's are skipped, counted, and named in one
+    warning at the end.
     """
     skips = SkipLog(f"{dataset}_{split}")
     images = image_dir(base) / split
@@ -151,6 +152,15 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
             continue
         if uids.dtype not in LABEL_DTYPES or uids.ndim != 2:
             skips.add(path, f"label array of dtype {uids.dtype} and shape {uids.shape} (expected 2-D int32 or uint32)")
+            continue
+        try:  # the header only: a label of another size would misplace every mask (an IndexError later)
+            with Image.open(image) as opened:
+                width, height = opened.size
+        except OSError as error:
+            skips.add(path, f"its image {image} cannot be read ({error})")
+            continue
+        if uids.shape != (height, width):
+            skips.add(path, f"a {uids.shape[0]}x{uids.shape[1]} label for a {height}x{width} image ({image})")
             continue
         records.append(
             {
