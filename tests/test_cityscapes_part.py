@@ -145,7 +145,8 @@ def test_label_of_another_size_than_its_image_is_skipped_and_named(base, tmp_pat
     records = load_train(tmp_path)
     assert image_id not in records and len(records) == NUM_IMAGES
     label = base / f"gtFinePanopticParts/train/aachen/{image_id}_gtFinePanopticParts.tif"
-    assert f"{label}: a 4x6 label for a 4x5 image" in caplog.text
+    assert f"{label}: its image {base}/leftImg8bit/train/aachen/{image_id}_leftImg8bit.png is 4x5 pixels " \
+        "where the annotation is 4x6" in caplog.text
 
 
 def test_leftImage8bit_alias(base, tmp_path):

@@ -101,6 +101,14 @@ def test_annotation_of_an_unknown_category_is_skipped_and_named(part_root, caplo
     assert "part_imagenet_train: skipped 2 sample(s)" in caplog.text  # with the release-like degenerate one
 
 
+def test_image_of_another_size_than_the_json_says_is_skipped_and_named(part_root, caplog):
+    base = part_root / "datasets/part_imagenet"
+    _edit_json(base / "train.json", lambda data: data["images"][0].update(height=95))
+    records = catalog.load("part_imagenet_train", root=part_root)
+    assert [r["image_id"] for r in records] == list(range(2, 9))
+    assert "n02085620_1000.JPEG: image 96x128 pixels where the annotation is 95x128 (listed in train.json" in caplog.text
+
+
 @pytest.mark.parametrize("damage, named", [
     (lambda path: _edit_json(path, lambda data: data.update(images={"1": {}})), "'images' is a dict, not a list"),
     (lambda path: path.write_text(path.read_text()[:200]), "is not valid JSON"),

@@ -17,6 +17,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from partdistill.data.catalog import Metadata
+from partdistill.data.folders import image_mismatch
 from partdistill.data.planted import Scene, draw_scene
 from partdistill.data.records import SkipLog, object_record, part_record
 
@@ -153,14 +154,9 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
         if uids.dtype not in LABEL_DTYPES or uids.ndim != 2:
             skips.add(path, f"label array of dtype {uids.dtype} and shape {uids.shape} (expected 2-D int32 or uint32)")
             continue
-        try:  # the header only: a label of another size would misplace every mask (an IndexError later)
-            with Image.open(image) as opened:
-                width, height = opened.size
-        except OSError as error:
-            skips.add(path, f"its image {image} cannot be read ({error})")
-            continue
-        if uids.shape != (height, width):
-            skips.add(path, f"a {uids.shape[0]}x{uids.shape[1]} label for a {height}x{width} image ({image})")
+        mismatch = image_mismatch(image, *uids.shape)
+        if mismatch is not None:
+            skips.add(path, f"its image {image} is {mismatch}")
             continue
         records.append(
             {

@@ -1,9 +1,10 @@
-"""Cheap and safe looks into dataset folders: the layout checks' `Checker`, and entries that cannot be used.
+"""Cheap and safe looks into dataset folders and files: the layout checks' `Checker`, entries that
+cannot be used, and whether an annotated sample's image fits its annotation.
 
 The checks stat the files and folders a dataset must have, list a folder with one `os.scandir`, and
 look into a few sampled subfolders for one file; they never walk a dataset. A symlink loop or a name
 that is not UTF-8 (`problem`) must not stop a check or an index build of a tree of millions: it is
-skipped and named (`shown`), and the rest goes on.
+skipped and named (`shown`), and the rest goes on. `image_mismatch` reads an image's header only.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from PIL import Image
 
 if TYPE_CHECKING:
     from partdistill.data.layout import LayoutReport
@@ -44,6 +47,21 @@ def problem(entry: os.DirEntry) -> str | None:
 def shown(path: str) -> str:
     """`path` as it can be printed and logged: bytes that are not UTF-8 written as `\\xNN`."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def image_mismatch(image: Path, height: int, width: int) -> str | None:
+    """Why `image` cannot carry an annotation of `height` x `width`, or None: it is missing, its header
+    is unreadable, or it has another size (every mask would be misplaced, an IndexError later)."""
+    try:
+        with Image.open(image) as opened:  # reads the header, decodes nothing
+            actual_width, actual_height = opened.size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:  # PIL's UnidentifiedImageError is an OSError
+        return f"unreadable ({error})"
+    if (actual_height, actual_width) != (height, width):
+        return f"{actual_height}x{actual_width} pixels where the annotation is {height}x{width}"
+    return None
 
 
 class Checker:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from partdistill.data import coco, planted
 from partdistill.data.catalog import Metadata
+from partdistill.data.folders import image_mismatch
 from partdistill.data.records import SkipLog, object_record, part_record
 from partdistill.errors import UserError
 from partdistill.io import write_json_atomic
@@ -127,8 +128,9 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
     for image in images:
         wnid, height, width = wnid_of(image["file_name"]), image["height"], image["width"]
         path = base / split / wnid / image["file_name"]
-        if not path.is_file():
-            skipped.add(path, f"image missing (listed in {json_path.name}, image id {image['id']})")
+        mismatch = image_mismatch(path, height, width)
+        if mismatch is not None:
+            skipped.add(path, f"image {mismatch} (listed in {json_path.name}, image id {image['id']})")
             continue
         parts: dict[int, np.ndarray] = {}  # merged per part class, as the evaluation expects
         for ann in annotations.get(image["id"], []):
