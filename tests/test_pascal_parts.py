@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image
 
 from partdistill.data import catalog, masks, pascal_mat, pascal_parts
 
@@ -122,6 +123,7 @@ def test_one_object_one_part_and_unknown_names(tmp_path, caplog):
     screen = mask.copy()
     screen[5:8] = False
     val_id = (base / "images/ImageSets/Main/val.txt").read_text().split()[0]
+    Image.new("RGB", (40, 30)).save(base / "images/JPEGImages" / f"{val_id}.jpg")  # the masks' size
     pascal_mat.write_mat(
         base / "annotations" / f"{val_id}.mat", val_id,
         [("tvmonitor", 20, mask, [("screen", screen), ("frame", mask & ~screen)])],
@@ -146,3 +148,15 @@ def test_corrupt_mat_is_skipped_and_named(copy, caplog):
     assert "pascal_parts_train: skipped 1 sample(s)" in caplog.text
     assert str(bad) in caplog.text and "unreadable .mat file" in caplog.text
 
+
+def test_image_missing_or_of_another_size_than_its_masks_is_skipped_and_named(copy, caplog):
+    root, base, images = copy
+    first, second = (base / "images" / "JPEGImages" / f"{i.image_id}.jpg" for i in images[:2])
+    first.unlink()
+    height, width = images[1].scene.image.shape[:2]
+    Image.new("RGB", (width + 1, height)).save(second)
+    records = catalog.load("pascal_parts_train", root=root)
+    assert [r["image_id"] for r in records] == [i.image_id for i in images[2:NUM_IMAGES]]
+    assert "pascal_parts_train: skipped 2 sample(s)" in caplog.text
+    assert f"{images[0].image_id}.mat: its image {first} is missing" in caplog.text
+    assert f"its image {second} is {height}x{width + 1} pixels where the annotation is {height}x{width}" in caplog.text

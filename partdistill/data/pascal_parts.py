@@ -25,6 +25,7 @@ from PIL import Image
 
 from partdistill.config.resolver import CHECKOUT
 from partdistill.data.catalog import Metadata
+from partdistill.data.folders import image_mismatch
 from partdistill.data.pascal_mat import MatLayoutError, MatObject, read_mat, write_mat
 from partdistill.data.planted import Scene, draw_scene
 from partdistill.data.records import SkipLog, object_record, part_record
@@ -124,8 +125,9 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
     """One record per part-annotated image of the split (DESIGN.md "Contracts").
 
     Objects of part-less classes (boat, chair, diningtable, sofa) are kept with `parts=[]`.
-    Split images without a .mat are counted in one log line; unreadable .mat files, unknown
-    classes and unknown part names are skipped and named in one warning at the end.
+    Split images without a .mat are counted in one log line; unreadable .mat files, images that are
+    missing or of another size than their masks, unknown classes and unknown part names are skipped
+    and named in one warning at the end.
     """
     name = f"{dataset}_{split}"
     skips = SkipLog(name)
@@ -142,8 +144,13 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
             skips.add(path, str(e))
             continue
         height, width = objects[0][1].shape
+        image = (base / "images" / "JPEGImages" / f"{image_id}.jpg").absolute()
+        mismatch = image_mismatch(image, height, width)
+        if mismatch is not None:
+            skips.add(path, f"its image {image} is {mismatch}")
+            continue
         records.append({
-            "file_name": str((base / "images" / "JPEGImages" / f"{image_id}.jpg").absolute()),
+            "file_name": str(image),
             "height": int(height),
             "width": int(width),
             "image_id": image_id,
