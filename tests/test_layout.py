@@ -111,6 +111,13 @@ def test_symlink_loops_do_not_stop_the_check(root):
     assert [m for m in report.missing if m.startswith(f"{train / WNIDS[0]}/ (class folder has no")]
 
 
+def test_a_split_list_that_is_not_text_is_named(root):
+    split_list = root / "datasets/pascal_parts/images/ImageSets/Main/val.txt"
+    split_list.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    report = check_dataset("pascal_parts", root / "datasets")
+    assert [m for m in report.missing if m.startswith(f"{split_list} (VOC split list; not UTF-8 text:")]
+
+
 def test_left_image_8bit_alias(root):
     shutil.rmtree(root / "datasets/cityscapes_part")
     make_cityscapes_part(root / "datasets/cityscapes_part", image_dir="leftImage8bit")

@@ -140,7 +140,11 @@ def _check_pascal_parts(c: Checker, splits: Iterable[str]) -> None:
     for split in splits:
         ids = c.file(f"images/ImageSets/Main/{split}.txt", "VOC split list")
         if ids is not None:
-            count = sum(1 for line in ids.read_text().splitlines() if line.strip())
+            try:  # read as pascal_parts.split_ids reads it: a garbled list is named here, before any load
+                count = sum(1 for line in ids.read_text(encoding="utf-8").splitlines() if line.strip())
+            except UnicodeDecodeError as error:
+                c.report.missing.append(f"{ids} (VOC split list; not UTF-8 text: {error})")
+                continue
             c.report.found.append(f"{split}: {count} ids")
     annotations = c.folder("annotations", "folder of Pascal-Part .mat files")
     if annotations is not None and not c.has_file(annotations, (".mat",)):

@@ -117,7 +117,7 @@ def _annotations(path: Path, objects: list[MatObject], skips: SkipLog) -> list[d
 
 def split_ids(base: Path, split: str) -> list[str]:
     """Image ids of a VOC split list (first token of each non-empty line)."""
-    lines = (base / "images" / "ImageSets" / "Main" / f"{split}.txt").read_text().splitlines()
+    lines = (base / "images" / "ImageSets" / "Main" / f"{split}.txt").read_text(encoding="utf-8").splitlines()
     return [line.split()[0] for line in lines if line.strip()]
 
 
