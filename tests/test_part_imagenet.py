@@ -164,4 +164,8 @@ def test_prepare_refuses_what_it_cannot_merge(part_root):
     (base / "test.json").write_text(json.dumps(data))
     with pytest.raises(part_imagenet.PrepareError, match="duplicate images ids"):
         part_imagenet.prepare_valtest(base)
+    del data["images"][-1], data["annotations"][0]["image_id"]
+    (base / "test.json").write_text(json.dumps(data))
+    with pytest.raises(part_imagenet.PrepareError, match="test.json has annotations without an integer id or image_id"):
+        part_imagenet.prepare_valtest(base)
     assert not (base / "valtest.json").exists() and not (base / "valtest").exists()

@@ -233,11 +233,15 @@ def prepare_valtest(base: Path) -> str:
     if sorted(map(str, val["categories"])) != sorted(map(str, test["categories"])):
         raise PrepareError(f"{base}/val.json and test.json have different categories: not the same release?")
     for name, data in splits.items():
-        for key in ("images", "annotations"):
+        for key, fields in (("images", ("id",)), ("annotations", ("id", "image_id"))):
+            # a malformed entry is skipped by the loader, but merging needs the ids of every entry
+            if not all(isinstance(x, dict) and all(_is_int(x.get(f)) for f in fields) for x in data[key]):
+                raise PrepareError(f"{base}/{name}.json has {key} without an integer {' or '.join(fields)}: "
+                                   "cannot merge it unambiguously")
             ids = [x["id"] for x in data[key]]
             if len(ids) != len(set(ids)):
                 raise PrepareError(f"{base}/{name}.json has duplicate {key} ids: cannot merge it unambiguously")
-    shared = {i["file_name"] for i in val["images"]} & {i["file_name"] for i in test["images"]}
+    shared = {i.get("file_name") for i in val["images"]} & {i.get("file_name") for i in test["images"]} - {None}
     if shared:
         raise PrepareError(f"{len(shared)} images are in both val and test (e.g. {sorted(shared)[0]}): cannot merge")
     image_offset = _offset([i["id"] for i in val["images"]], [i["id"] for i in test["images"]])
