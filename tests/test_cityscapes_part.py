@@ -139,6 +139,16 @@ def test_label_without_image_is_skipped(base, tmp_path, caplog):
     assert f"{image_id}_leftImg8bit.png is missing" in caplog.text
 
 
+def test_label_of_another_size_than_its_image_is_skipped_and_named(base, tmp_path, caplog):
+    image_id = add_sample(base, np.full((4, 6), 7, np.uint32), "900000")
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(base / f"leftImg8bit/train/aachen/{image_id}_leftImg8bit.png")
+    records = load_train(tmp_path)
+    assert image_id not in records and len(records) == NUM_IMAGES
+    label = base / f"gtFinePanopticParts/train/aachen/{image_id}_gtFinePanopticParts.tif"
+    assert f"{label}: its image {base}/leftImg8bit/train/aachen/{image_id}_leftImg8bit.png is 4x5 pixels " \
+        "where the annotation is 4x6" in caplog.text
+
+
 def test_leftImage8bit_alias(base, tmp_path):
     (base / "leftImg8bit").rename(base / "leftImage8bit")
     records = load_train(tmp_path)

@@ -1,6 +1,7 @@
 """ImageNet loading: synthetic copies round-trip through the catalog; the index cache; partitions."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -124,6 +125,44 @@ def test_build_index_lists_images_only(tmp_path):
 def test_build_index_names_folder_without_classes(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         index.build_index(tmp_path)
+
+
+def _undecodable_file(folder: Path) -> str:
+    """Writes a file whose name is not UTF-8 (byte 0xff) into `folder`; returns the name as it is reported."""
+    try:
+        with open(os.fsencode(folder) + b"/bad\xff.JPEG", "wb") as f:
+            f.write(b"x")
+    except OSError:  # some file systems (macOS) refuse names that are not UTF-8
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    return f"{folder}/bad\\xff.JPEG"
+
+
+@pytest.mark.parametrize("kind", ["symlink loop", "undecodable name"])
+def test_bad_entries_are_skipped_and_reported(tmp_path, caplog, kind):
+    base = _synth(tmp_path, "imagenet_22k", num_images=5)
+    if kind == "symlink loop":
+        (base / WNIDS[0] / "loop.JPEG").symlink_to("loop.JPEG")
+        (base / "n09999999").symlink_to("n09999999")  # a class folder that loops, too
+        named = [f"{base / WNIDS[0]}/loop.JPEG: a symlink loop", f"{base}/n09999999: a symlink loop"]
+    else:
+        named = [f"{_undecodable_file(base / WNIDS[1])}: the name is not valid UTF-8"]
+    for _ in range(2):  # built, then read from the cache: reported both times
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            records = catalog.load("imagenet_22k_train", root=tmp_path)
+        assert len(records) == 5 and {r["wnid"] for r in records} == set(WNIDS)
+        assert f"skipped {len(named)} sample(s)" in caplog.text
+        assert all(line in caplog.text for line in named), caplog.text
+    assert catalog.metadata("imagenet_22k_train", root=tmp_path).extra["wnids"] == WNIDS
+
+
+def test_words_txt_that_is_not_utf8_still_names_the_classes(tmp_path, caplog):
+    base = _synth(tmp_path, "imagenet_22k", num_images=5)
+    words = base / "words.txt"
+    words.write_bytes(words.read_bytes().replace(b"goldfish", b"gold\xfffish"))
+    meta = catalog.metadata("imagenet_22k_train", root=tmp_path)
+    assert meta.thing_classes[:2] == ["tench", "gold\ufffdfish"]
+    assert f"{words}: not UTF-8" in caplog.text
 
 
 def _skewed_counts() -> dict[str, int]:

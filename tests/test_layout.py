@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from layouts import make_cityscapes_part, make_imagenet_22k, make_part_imagenet
+from layouts import WNIDS, make_cityscapes_part, make_imagenet_22k, make_part_imagenet
 from partdistill.data.layout import DATASETS, check_dataset
 
 
@@ -87,6 +87,35 @@ def test_imagenet_21k_alias(root):
     assert report.status == "warning"
     assert report.path == root / "datasets/imagenet_21k"
     assert "imagenet_21k is accepted for imagenet_22k" in report.warnings[0]
+
+
+def test_empty_imagenet_22k_names_the_imagenet_21k_beside_it(root):
+    make_imagenet_22k(root / "datasets/imagenet_21k")
+    shutil.rmtree(root / "datasets/imagenet_22k")
+    (root / "datasets/imagenet_22k").mkdir()
+    report = check_dataset("imagenet_22k", root / "datasets")
+    assert report.status == "missing" and report.path == root / "datasets/imagenet_22k"
+    assert any(f"{root}/datasets/imagenet_21k holds 3 class folders but is not used" in w for w in report.warnings)
+
+
+def test_symlink_loops_do_not_stop_the_check(root):
+    train = root / "datasets/imagenet_1k/train"
+    (train / "n09999999").symlink_to("n09999999")  # a class folder that loops
+    for image in (train / WNIDS[0]).iterdir():
+        image.unlink()
+    (train / WNIDS[0] / "loop.JPEG").symlink_to("loop.JPEG")  # a sampled folder that holds only a loop
+    report = check_dataset("imagenet_1k", root / "datasets")
+    assert f"{train}/n09999999: a symlink loop (skipped)" in report.warnings
+    assert f"{train / WNIDS[0]}/loop.JPEG: a symlink loop (skipped)" in report.warnings
+    assert report.found[0] == "train: 3 classes"
+    assert [m for m in report.missing if m.startswith(f"{train / WNIDS[0]}/ (class folder has no")]
+
+
+def test_a_split_list_that_is_not_text_is_named(root):
+    split_list = root / "datasets/pascal_parts/images/ImageSets/Main/val.txt"
+    split_list.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    report = check_dataset("pascal_parts", root / "datasets")
+    assert [m for m in report.missing if m.startswith(f"{split_list} (VOC split list; not UTF-8 text:")]
 
 
 def test_left_image_8bit_alias(root):

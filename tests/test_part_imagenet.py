@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from partdistill.data import catalog, coco, masks, part_imagenet
 from partdistill.data.planted import part_appearance
+from partdistill.errors import UserError
 
 
 @pytest.fixture
@@ -84,6 +86,55 @@ def test_degenerate_polygon_and_missing_image_are_skipped_and_named(part_root, c
     assert "train.json#annotation-" in caplog.text and "degenerate" in caplog.text
 
 
+def _edit_json(path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_annotation_of_an_unknown_category_is_skipped_and_named(part_root, caplog):
+    train = part_root / "datasets/part_imagenet/train.json"
+    _edit_json(train, lambda data: data["annotations"][0].update(category_id=999))
+    records = catalog.load("part_imagenet_train", root=part_root)
+    assert len(records) == 8 and catalog.metadata("part_imagenet_train", root=part_root).part_classes
+    assert f"{train}#annotation-1: category_id 999 is not in the file's categories" in caplog.text
+    assert "part_imagenet_train: skipped 2 sample(s)" in caplog.text  # with the release-like degenerate one
+
+
+def test_image_of_another_size_than_the_json_says_is_skipped_and_named(part_root, caplog):
+    base = part_root / "datasets/part_imagenet"
+    _edit_json(base / "train.json", lambda data: data["images"][0].update(height=95))
+    records = catalog.load("part_imagenet_train", root=part_root)
+    assert [r["image_id"] for r in records] == list(range(2, 9))
+    assert "n02085620_1000.JPEG: image 96x128 pixels where the annotation is 95x128 (listed in train.json" in caplog.text
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda path: _edit_json(path, lambda data: data.update(images={"1": {}})), "'images' is a dict, not a list"),
+    (lambda path: path.write_text(path.read_text()[:200]), "is not valid JSON"),
+], ids=["images not a list", "truncated"])
+def test_a_broken_annotation_file_stops_naming_it(part_root, damage, named):
+    train = part_root / "datasets/part_imagenet/train.json"
+    damage(train)
+    for read in (catalog.load, catalog.metadata):
+        with pytest.raises(UserError, match=re.escape(str(train)) + ".*" + re.escape(named)):
+            read("part_imagenet_train", root=part_root)
+
+
+def test_release_category_names_come_through_unchanged(part_root):
+    """The release names each part with its supercategory ("Quadruped Head"): no prefix is added."""
+    val = part_root / "datasets/part_imagenet/val.json"
+    categories = json.loads(val.read_text())["categories"]
+    assert categories[0] == {"id": 0, "name": "Quadruped Head", "supercategory": "Quadruped"}
+    assert categories[39] == {"id": 39, "name": "Bottle Mouth", "supercategory": "Bottle"}
+    assert [c["id"] for c in categories] == list(range(40))
+    meta = catalog.metadata("part_imagenet_val", root=part_root)
+    assert meta.part_classes == [c["name"] for c in categories]
+    _edit_json(val, lambda data: data["categories"][1].update(name="Body of a quadruped"))
+    assert catalog.metadata("part_imagenet_val", root=part_root).part_classes[:2] == [
+        "Quadruped Head", "Body of a quadruped"]
+
+
 def test_prepare_valtest_merges_with_unique_stable_ids(part_root):
     base = part_root / "datasets/part_imagenet"
     summary = part_imagenet.prepare_valtest(base)
@@ -112,5 +163,9 @@ def test_prepare_refuses_what_it_cannot_merge(part_root):
     data["images"].append(dict(data["images"][0]))
     (base / "test.json").write_text(json.dumps(data))
     with pytest.raises(part_imagenet.PrepareError, match="duplicate images ids"):
+        part_imagenet.prepare_valtest(base)
+    del data["images"][-1], data["annotations"][0]["image_id"]
+    (base / "test.json").write_text(json.dumps(data))
+    with pytest.raises(part_imagenet.PrepareError, match="test.json has annotations without an integer id or image_id"):
         part_imagenet.prepare_valtest(base)
     assert not (base / "valtest.json").exists() and not (base / "valtest").exists()

@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image
 
-from partdistill.data import catalog, masks, pascal_parts
+from partdistill.data import catalog, masks, pascal_mat, pascal_parts
 
 NUM_IMAGES = 8  # annotated images per split of the synthetic copy
 
@@ -64,17 +65,21 @@ def test_mat_layout_with_default_loadmat_options(copy):
     image = next(i for i in images if set(i.class_names) & {"boat", "chair", "diningtable", "sofa"})
     anno = scipy.io.loadmat(str(base / "annotations" / f"{image.image_id}.mat"))["anno"]
     assert anno.shape == (1, 1) and anno[0, 0][0][0] == image.image_id
+    # the released structure (part_taxonomies.md), field names and order included
+    assert anno.dtype.names == ("imname", "objects") and anno[0, 0][1].shape == (1, len(image.class_names))
     objects = anno[0, 0][1][0]
-    assert len(objects) == len(image.class_names)
+    assert objects.dtype.names == ("class", "classind", "mask", "parts")
     planted_objects = zip(objects, image.class_names, image.scene.objects, image.part_names)
     for obj, name, planted, part_names in planted_objects:
         assert obj["class"][0] == ("table" if name == "diningtable" else name)
+        assert obj["classind"].dtype == np.float64  # a MATLAB double
         assert obj["classind"][0, 0] == pascal_parts.THING_CLASSES.index(name) + 1
         assert obj["mask"].dtype == np.uint8 and np.array_equal(obj["mask"], planted.mask)
         if not part_names:
             assert obj["parts"].shape == (0, 0)
             continue
         parts = obj["parts"][0]
+        assert parts.dtype.names == ("part_name", "mask") and obj["parts"].shape == (1, len(part_names))
         assert [p["part_name"][0] for p in parts] == part_names
         assert all(np.array_equal(p["mask"], m) for p, m in zip(parts, planted.part_masks))
 
@@ -118,17 +123,18 @@ def test_one_object_one_part_and_unknown_names(tmp_path, caplog):
     screen = mask.copy()
     screen[5:8] = False
     val_id = (base / "images/ImageSets/Main/val.txt").read_text().split()[0]
-    pascal_parts.write_mat(
+    Image.new("RGB", (40, 30)).save(base / "images/JPEGImages" / f"{val_id}.jpg")  # the masks' size
+    pascal_mat.write_mat(
         base / "annotations" / f"{val_id}.mat", val_id,
-        [("tvmonitor", mask, [("screen", screen), ("frame", mask & ~screen)])],
+        [("tvmonitor", 20, mask, [("screen", screen), ("frame", mask & ~screen)])],
     )  # fmt: skip
     records = catalog.load("pascal_parts_val", root=tmp_path)
     [ann] = records[0]["annotations"]
     assert ann["category_id"] == 19 and [p["category_id"] for p in ann["parts"]] == [49]
     assert np.array_equal(masks.decode(ann["parts"][0]["segmentation"]), screen)
     assert "unknown part name 'frame'" in caplog.text
-    one_part = [("tvmonitor", mask, [("screen", screen)])]
-    pascal_parts.write_mat(base / "annotations" / f"{val_id}.mat", val_id, one_part)
+    one_part = [("tvmonitor", 20, mask, [("screen", screen)])]
+    pascal_mat.write_mat(base / "annotations" / f"{val_id}.mat", val_id, one_part)
     [ann] = catalog.load("pascal_parts_val", root=tmp_path)[0]["annotations"]
     assert [p["category_id"] for p in ann["parts"]] == [49]
 
@@ -141,3 +147,16 @@ def test_corrupt_mat_is_skipped_and_named(copy, caplog):
     assert len(records) == NUM_IMAGES - 1 and images[0].image_id not in {r["image_id"] for r in records}
     assert "pascal_parts_train: skipped 1 sample(s)" in caplog.text
     assert str(bad) in caplog.text and "unreadable .mat file" in caplog.text
+
+
+def test_image_missing_or_of_another_size_than_its_masks_is_skipped_and_named(copy, caplog):
+    root, base, images = copy
+    first, second = (base / "images" / "JPEGImages" / f"{i.image_id}.jpg" for i in images[:2])
+    first.unlink()
+    height, width = images[1].scene.image.shape[:2]
+    Image.new("RGB", (width + 1, height)).save(second)
+    records = catalog.load("pascal_parts_train", root=root)
+    assert [r["image_id"] for r in records] == [i.image_id for i in images[2:NUM_IMAGES]]
+    assert "pascal_parts_train: skipped 2 sample(s)" in caplog.text
+    assert f"{images[0].image_id}.mat: its image {first} is missing" in caplog.text
+    assert f"its image {second} is {height}x{width + 1} pixels where the annotation is {height}x{width}" in caplog.text

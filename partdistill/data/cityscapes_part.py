@@ -17,6 +17,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from partdistill.data.catalog import Metadata
+from partdistill.data.folders import image_mismatch
 from partdistill.data.planted import Scene, draw_scene
 from partdistill.data.records import SkipLog, object_record, part_record
 
@@ -131,8 +132,9 @@ def _paste(crop: np.ndarray, box: tuple[slice, slice], shape: tuple[int, ...]) -
 def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
     """Records of a split, one per label file with an image, sorted by image_id.
 
-    Label files whose image is missing, that cannot be read, or that are not 2-D int32/uint32
-    are skipped, counted, and named in one warning at the end.
+    Label files whose image is missing or unreadable, that cannot be read, that are not 2-D
+    int32/uint32, or whose size differs from their image's are skipped, counted, and named in one
+    warning at the end.
     """
     skips = SkipLog(f"{dataset}_{split}")
     images = image_dir(base) / split
@@ -151,6 +153,10 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
             continue
         if uids.dtype not in LABEL_DTYPES or uids.ndim != 2:
             skips.add(path, f"label array of dtype {uids.dtype} and shape {uids.shape} (expected 2-D int32 or uint32)")
+            continue
+        mismatch = image_mismatch(image, *uids.shape)
+        if mismatch is not None:
+            skips.add(path, f"its image {image} is {mismatch}")
             continue
         records.append(
             {

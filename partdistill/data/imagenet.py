@@ -61,8 +61,14 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
 
 def read_names(path: Path) -> dict[str, str]:
     """{wnid: first name} from a words.txt-style file; lines without a name are left out."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:  # names are only labels: a bad byte must not stop a run
+        log.warning("%s: not UTF-8 (%s); undecodable bytes in class names are shown as U+FFFD", path, error)
+        text = raw.decode("utf-8", "replace")
     names = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         fields = line.strip().split(maxsplit=1)
         if len(fields) == 2:
             names[fields[0]] = fields[1].split(",")[0].strip()

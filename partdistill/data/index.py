@@ -7,6 +7,9 @@ is checked with one `os.scandir` of the tree's top folder: the number of class f
 newest of their mtimes (a folder's mtime changes when a file is added, removed or renamed in
 it; a file rewritten in place is not noticed, its `size` would then be stale).
 
+A symlink loop or a file name that is not UTF-8 is skipped and named (`folders.problem`), at the
+build and again at each load from the cache, which keeps the list in its metadata.
+
 Later stages run as job arrays over partitions; `partition` splits the classes (whole classes,
 since stages cluster per class) into contiguous runs of about equal image count.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from partdistill.data.layout import IMAGE_SUFFIXES, WNID
+from partdistill.data.folders import IMAGE_SUFFIXES, WNID, problem, shown
 from partdistill.data.records import SkipLog
 from partdistill.io import replace_atomically
 
@@ -34,13 +38,22 @@ log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([("path", pa.string()), ("wnid", pa.string()), ("size", pa.int64())])
 FINGERPRINT_KEY = b"partdistill.index.fingerprint"
+SKIPPED_KEY = b"partdistill.index.skipped"  # JSON [[path, reason], ...] of the entries the build skipped
 FORMAT_VERSION = 1  # bump when the columns change, so old caches are rebuilt
 
 
-def _class_entries(folder: Path) -> list[os.DirEntry]:
-    """The class folders (named n########) of `folder`, sorted by wnid."""
+def _class_entries(folder: Path, skipped: SkipLog | None = None) -> list[os.DirEntry]:
+    """The class folders (named n########) of `folder`, sorted by wnid; unusable ones go to `skipped`."""
+    found = []
     with os.scandir(folder) as entries:
-        found = [e for e in entries if WNID.match(e.name) and e.is_dir()]
+        for e in entries:
+            if not WNID.match(e.name):
+                continue
+            reason = problem(e)
+            if reason is None and e.is_dir():
+                found.append(e)
+            elif reason is not None and skipped is not None:
+                skipped.add(shown(e.path), reason)
     if not found:
         raise FileNotFoundError(
             f"{folder}: no class folders named by WordNet id (n########/); "
@@ -76,7 +89,10 @@ def _scan_class(entry: os.DirEntry, skipped: SkipLog) -> pa.RecordBatch:
         for f in files:
             if not f.name.lower().endswith(IMAGE_SUFFIXES):
                 continue
-            if f.is_file():  # follows symlinks (PartImageNet's valtest is made of them)
+            reason = problem(f)
+            if reason is not None:
+                skipped.add(shown(f.path), reason)
+            elif f.is_file():  # follows symlinks (PartImageNet's valtest is made of them)
                 found.append((f"{entry.name}/{f.name}", f.stat().st_size))
             else:
                 skipped.add(f.path, "a broken symlink" if f.is_symlink() else "not a regular file")
@@ -104,13 +120,22 @@ def build_index(folder: Path, workers: int = 16) -> pa.Table:
         (benchmarks/README.md). Threads pay off on network file systems; on a local disk use
         about as many as there are cores.
     """
-    entries = _class_entries(Path(folder))
     skipped = SkipLog(f"index of {folder}")
+    entries = _class_entries(Path(folder), skipped)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         scans = pool.map(lambda e: _scan_class(e, skipped), entries)
         batches = list(tqdm(scans, total=len(entries), desc=f"indexing {folder}", unit="class", disable=None))
     skipped.report()
-    return pa.Table.from_batches(batches, schema=SCHEMA)
+    table = pa.Table.from_batches(batches, schema=SCHEMA)
+    return table.replace_schema_metadata({SKIPPED_KEY: json.dumps(skipped.items).encode()})
+
+
+def _report_skipped(table: pa.Table, folder: Path) -> None:
+    """Names again the entries skipped when the cached index was built: they are still left out."""
+    skipped = SkipLog(f"index of {folder} (cached)")
+    for path, reason in json.loads((table.schema.metadata or {}).get(SKIPPED_KEY, b"[]")):
+        skipped.add(path, reason)
+    skipped.report()
 
 
 def cache_path(folder: Path, cache_dir: Path) -> Path:
@@ -147,9 +172,11 @@ def cached_index(folder: Path, cache_dir: Path, workers: int = 16) -> pa.Table:
     token = fingerprint(Path(folder), workers)
     table = _read_if_valid(path, token)
     if table is not None:
+        _report_skipped(table, folder)
         return table
     table = build_index(folder, workers)
-    table = table.replace_schema_metadata({FINGERPRINT_KEY: token.encode(), b"folder": str(folder).encode()})
+    metadata = {**table.schema.metadata, FINGERPRINT_KEY: token.encode(), b"folder": shown(str(folder)).encode()}
+    table = table.replace_schema_metadata(metadata)
     replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
     log.info("indexed %d images in %s (cached at %s)", table.num_rows, folder, path)
     return table

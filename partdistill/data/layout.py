@@ -1,28 +1,25 @@
 """Layout checks of the five datasets (and the synthetic one) under `<root>/datasets/`.
 
-The checks are cheap by design: they stat the files and folders a dataset must have, count
-class folders with one `os.scandir`, and look into a few sampled folders for one file. They never
-walk a dataset, so they take well under a second even for ImageNet-22K on shared storage.
+The checks are cheap by design (`folders.Checker`): they stat the files and folders a dataset must
+have, count class folders with one `os.scandir`, and look into a few sampled folders for one file.
+They never walk a dataset, so they take well under a second even for ImageNet-22K on shared storage.
 Each missing item is reported as the exact absolute path that was looked for.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from partdistill.data.folders import WNID, Checker
 from partdistill.data.planted import GENERATOR
 from partdistill.errors import UserError
 
-WNID = re.compile(r"^n\d{8}$")
 # a synthetic data set keyed by how it was made: `synthetic-s<seed>-n<images per split>`, written on demand
 KEYED_SYNTHETIC = re.compile(r"^synthetic-s(\d+)-n(\d+)$")
 GENERATION_FILE = "generation.json"
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-SAMPLED_FOLDERS = 8  # class folders sampled for emptiness per split
 
 # datasets/README.md section of each dataset: where a user reads how to obtain and place it
 SECTIONS = {
@@ -79,74 +76,6 @@ class LayoutReport:
         }
 
 
-class _Checker:
-    """Accumulates what is missing under one dataset folder into a report."""
-
-    def __init__(self, report: LayoutReport):
-        self.report = report
-        self.base = report.path
-
-    def _absent(self, path: Path, what: str) -> bool:
-        """Records `path` as missing (naming a broken symlink as such); True if it was absent."""
-        if path.is_symlink() and not path.exists():
-            self.report.missing.append(f"{path} ({what}; a broken symlink to {os.readlink(path)})")
-            return True
-        return False
-
-    def folder(self, rel: str, what: str = "folder") -> Path | None:
-        path = self.base / rel
-        if self._absent(path, what):
-            return None
-        if not path.is_dir():
-            self.report.missing.append(f"{path}/ ({what})")
-            return None
-        return path
-
-    def file(self, rel: str, what: str = "file") -> Path | None:
-        path = self.base / rel
-        if self._absent(path, what):
-            return None
-        if not path.is_file():
-            self.report.missing.append(f"{path} ({what})")
-            return None
-        return path
-
-    def has_file(self, folder: Path, suffixes: Sequence[str]) -> bool:
-        """True if `folder` holds at least one file with one of `suffixes` (stops at the first)."""
-        with os.scandir(folder) as entries:
-            return any(e.name.lower().endswith(suffixes) for e in entries if e.is_file())
-
-    def subfolders(self, folder: Path, pattern: re.Pattern | None = None) -> list[str]:
-        with os.scandir(folder) as entries:
-            names = [e.name for e in entries if (pattern is None or pattern.match(e.name)) and e.is_dir()]
-        return sorted(names)
-
-    def sampled_nonempty(self, folder: Path, names: list[str], suffixes: Sequence[str], what: str) -> None:
-        """Looks into up to SAMPLED_FOLDERS evenly spaced subfolders for one file each."""
-        step = max(1, len(names) // SAMPLED_FOLDERS)
-        sample = names[::step][:SAMPLED_FOLDERS]
-        empty = [n for n in sample if not self.has_file(folder / n, suffixes)]
-        for name in empty:
-            self.report.missing.append(
-                f"{folder / name}/ ({what} has no {'/'.join(suffixes)} file; "
-                f"{len(empty)} of {len(sample)} sampled {what}s are empty)"
-            )
-
-    def class_folders(self, rel: str, expected: int | None = None) -> int:
-        """Checks an ImageNet-style folder of wnid class folders; returns how many there are."""
-        folder = self.folder(rel, "folder of class folders n########/")
-        if folder is None:
-            return 0
-        names = self.subfolders(folder, WNID)
-        if not names:
-            self.report.missing.append(f"{folder}/n########/ (no class folders named by WordNet id)")
-            return 0
-        if expected is not None and len(names) != expected:
-            self.report.warnings.append(f"{folder}: {len(names)} class folders, the full dataset has {expected}")
-        self.sampled_nonempty(folder, names, IMAGE_SUFFIXES, "class folder")
-        return len(names)
-
-
 def _locate(datasets_root: Path, names: Sequence[str], report_name: str) -> LayoutReport:
     """The report for the first of `names` present under the root (aliases warn)."""
     for name in names:
@@ -159,13 +88,13 @@ def _locate(datasets_root: Path, names: Sequence[str], report_name: str) -> Layo
     return LayoutReport(report_name, datasets_root / names[0])
 
 
-def _check_imagenet_1k(c: _Checker, splits: Iterable[str]) -> None:
+def _check_imagenet_1k(c: Checker, splits: Iterable[str]) -> None:
     for split in splits:
         n = c.class_folders(split, expected=1000)
         c.report.found.append(f"{split}: {n} classes")
 
 
-def _check_imagenet_22k(c: _Checker, splits: Iterable[str]) -> None:
+def _check_imagenet_22k(c: Checker, splits: Iterable[str]) -> None:
     n = c.class_folders(".")
     c.report.found.append(f"{n} classes")
     if not any((c.base / f).is_file() for f in ("synsets.dat", "words.txt")):
@@ -173,9 +102,18 @@ def _check_imagenet_22k(c: _Checker, splits: Iterable[str]) -> None:
     for split in splits:  # ImageNet-22K has no split folders: "train" is all of it, nothing else exists
         if split != "train":
             c.folder(split)
+    # an alias folder beside the one used is never looked at: an empty imagenet_22k/ would hide a full imagenet_21k/
+    for alias in _FOLDER_NAMES[c.report.dataset]:
+        other = c.base.parent / alias
+        if other != c.base and other.is_dir():
+            count = len(Checker(LayoutReport(c.report.dataset, other)).subfolders(other, WNID))
+            if count:
+                c.report.warnings.append(
+                    f"{other} holds {count} class folders but is not used: {c.base} is looked at first; "
+                    f"remove or rename {c.base.name}/ to use {alias}/")
 
 
-def _part_imagenet_json_hint(c: _Checker, split: str) -> str:
+def _part_imagenet_json_hint(c: Checker, split: str) -> str:
     """Where the official archive may have put <split>.json, as the command that fixes it."""
     for rel in (f"annotations/{split}.json", f"annotations/{split}/{split}.json", f"jsons/{split}.json"):
         if (c.base / rel).is_file():
@@ -183,7 +121,7 @@ def _part_imagenet_json_hint(c: _Checker, split: str) -> str:
     return ""
 
 
-def _check_part_imagenet(c: _Checker, splits: Iterable[str]) -> None:
+def _check_part_imagenet(c: Checker, splits: Iterable[str]) -> None:
     for split in splits:
         fix = f"; create it with `{PREPARE_VALTEST}`" if split == "valtest" else ""
         if c.file(f"{split}.json", "COCO-style annotation file" + fix) is None and not fix:
@@ -195,21 +133,25 @@ def _check_part_imagenet(c: _Checker, splits: Iterable[str]) -> None:
         c.report.warnings.append(f"valtest (val + test merged) not created yet: run `{PREPARE_VALTEST}`")
 
 
-def _check_pascal_parts(c: _Checker, splits: Iterable[str]) -> None:
+def _check_pascal_parts(c: Checker, splits: Iterable[str]) -> None:
     images = c.folder("images/JPEGImages", "VOC image folder")
     if images is not None and not c.has_file(images, (".jpg",)):
         c.report.missing.append(f"{images}/*.jpg (the image folder is empty)")
     for split in splits:
         ids = c.file(f"images/ImageSets/Main/{split}.txt", "VOC split list")
         if ids is not None:
-            count = sum(1 for line in ids.read_text().splitlines() if line.strip())
+            try:  # read as pascal_parts.split_ids reads it: a garbled list is named here, before any load
+                count = sum(1 for line in ids.read_text(encoding="utf-8").splitlines() if line.strip())
+            except UnicodeDecodeError as error:
+                c.report.missing.append(f"{ids} (VOC split list; not UTF-8 text: {error})")
+                continue
             c.report.found.append(f"{split}: {count} ids")
     annotations = c.folder("annotations", "folder of Pascal-Part .mat files")
     if annotations is not None and not c.has_file(annotations, (".mat",)):
         c.report.missing.append(f"{annotations}/*.mat (the annotation folder is empty)")
 
 
-def _check_cityscapes_part(c: _Checker, splits: Iterable[str]) -> None:
+def _check_cityscapes_part(c: Checker, splits: Iterable[str]) -> None:
     image_dir = "leftImg8bit"
     if not (c.base / image_dir).exists() and (c.base / "leftImage8bit").exists():
         image_dir = "leftImage8bit"
@@ -228,7 +170,7 @@ def _check_cityscapes_part(c: _Checker, splits: Iterable[str]) -> None:
                     c.report.found.append(f"{split}: {len(cities)} cities")
 
 
-def _check_synthetic(c: _Checker, splits: Iterable[str]) -> None:
+def _check_synthetic(c: Checker, splits: Iterable[str]) -> None:
     for split in splits:
         c.file(f"{split}.json", "COCO-style annotation file")
         c.folder(split, "image folder")
@@ -270,7 +212,7 @@ def family(dataset: str) -> str:
                          f"synthetic-s<seed>-n<images> (the synthetic set made from that seed and size)")
 
 
-_CHECKS: dict[str, Callable[[_Checker, Iterable[str]], None]] = {
+_CHECKS: dict[str, Callable[[Checker, Iterable[str]], None]] = {
     "imagenet_1k": _check_imagenet_1k,
     "imagenet_22k": _check_imagenet_22k,
     "part_imagenet": _check_part_imagenet,
@@ -293,7 +235,7 @@ def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = ()) ->
     """
     kind = family(name)
     report = _locate(datasets_root, _FOLDER_NAMES.get(name, (name,)), name)
-    checker = _Checker(report)
+    checker = Checker(report)
     if not datasets_root.is_dir():
         report.missing.append(f"{datasets_root}/ (the dataset root folder does not exist)")
         return report

@@ -2,7 +2,12 @@
 
 The object of an image is the union of its parts; its class is the image's ImageNet synset (from the
 file name), as the paper's code does, with the supercategory (which defines the part set) kept
-beside it. Part classes are the JSON's 40 categories, named "<supercategory> <part>".
+beside it. Part classes are the JSON's 40 categories with their names as the file gives them (the
+release's already carry the supercategory: "Quadruped Head").
+
+A split's JSON that cannot be read, or whose `images`, `annotations` or `categories` are not lists of
+usable entries, stops the load naming the file (`AnnotationFileError`); a single unusable image entry
+or annotation (degenerate polygon, unknown category) is skipped and counted.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from PIL import Image
 
 from partdistill.data import coco, planted
 from partdistill.data.catalog import Metadata
+from partdistill.data.folders import image_mismatch
 from partdistill.data.records import SkipLog, object_record, part_record
 from partdistill.errors import UserError
 from partdistill.io import write_json_atomic
@@ -43,12 +49,66 @@ SYNTH_SYNSETS = {
 }
 
 
+class AnnotationFileError(UserError, ValueError):
+    """A split's annotation file that cannot be used at all; the message names it and what is wrong."""
+
+
 class PrepareError(UserError):
     """valtest cannot be made from what is on disk (the message says what and how to fix it)."""
 
 
 def wnid_of(file_name: str) -> str:
     return Path(file_name).name.split("_")[0]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no id
+
+
+def read_split(path: Path) -> dict:
+    """A split's JSON with its top-level lists and categories checked; AnnotationFileError otherwise."""
+    try:
+        data = coco.read_json(path)
+    except (OSError, ValueError, TypeError) as error:  # unreadable, not JSON, not UTF-8, not an object
+        message = str(error)
+        raise AnnotationFileError(message if str(path) in message else f"{path}: cannot be read ({message})") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise AnnotationFileError(f"{path}: {key!r} is a {type(data[key]).__name__}, not a list; "
+                                      "is it a PartImageNet annotation file?")
+    for c in data["categories"]:
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)
+                and isinstance(c.get("supercategory"), str)):
+            raise AnnotationFileError(f"{path}: category {c!r} lacks an integer id, a name or a supercategory")
+    if len({c["id"] for c in data["categories"]}) != len(data["categories"]):
+        raise AnnotationFileError(f"{path}: two categories share an id")
+    return data
+
+
+def _usable(data: dict, json_path: Path, skipped: SkipLog) -> tuple[list[dict], dict[int, list[dict]]]:
+    """(image entries sorted by id, annotations by image id) that can be used; the others go to `skipped`."""
+    images, seen = [], set()
+    for n, img in enumerate(data["images"]):
+        ok = isinstance(img, dict) and _is_int(img.get("id")) and isinstance(img.get("file_name"), str)
+        if not ok or not all(_is_int(img.get(k)) and img[k] > 0 for k in ("height", "width")) or img["id"] in seen:
+            skipped.add(f"{json_path}#images[{n}]", "not an image entry with a new integer id, a file_name and "
+                        "positive integer height and width")
+            continue
+        seen.add(img["id"])
+        images.append(img)
+    known = {c["id"] for c in data["categories"]}
+    annotations = []
+    for n, ann in enumerate(data["annotations"]):
+        if not (isinstance(ann, dict) and _is_int(ann.get("image_id")) and _is_int(ann.get("category_id"))
+                and "segmentation" in ann):
+            skipped.add(f"{json_path}#annotations[{n}]", "not an annotation with integer image_id and "
+                        "category_id and a segmentation")
+        elif ann["category_id"] not in known:
+            skipped.add(f"{json_path}#annotation-{ann.get('id')}",
+                        f"category_id {ann['category_id']} is not in the file's categories")
+        elif ann["image_id"] in seen:  # annotations of a skipped image are left out with it
+            annotations.append(ann)
+    return sorted(images, key=lambda img: img["id"]), coco.annotations_by_image({"annotations": annotations})
 
 
 def _part_classes(data: dict) -> tuple[list[dict], dict[int, int]]:
@@ -58,25 +118,29 @@ def _part_classes(data: dict) -> tuple[list[dict], dict[int, int]]:
 
 def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
     json_path = base / f"{split}.json"
-    data = coco.read_json(json_path)
+    data = read_split(json_path)
     categories, part_index = _part_classes(data)
-    wnids = sorted({wnid_of(img["file_name"]) for img in data["images"]})
-    class_index = {w: i for i, w in enumerate(wnids)}
-    annotations = coco.annotations_by_image(data)
     skipped = SkipLog(f"{dataset}_{split}")
+    images, annotations = _usable(data, json_path, skipped)
+    wnids = sorted({wnid_of(img["file_name"]) for img in images})
+    class_index = {w: i for i, w in enumerate(wnids)}
     records = []
-    for image in sorted(data["images"], key=lambda img: img["id"]):
+    for image in images:
         wnid, height, width = wnid_of(image["file_name"]), image["height"], image["width"]
         path = base / split / wnid / image["file_name"]
-        if not path.is_file():
-            skipped.add(path, f"image missing (listed in {json_path.name}, image id {image['id']})")
+        mismatch = image_mismatch(path, height, width)
+        if mismatch is not None:
+            skipped.add(path, f"image {mismatch} (listed in {json_path.name}, image id {image['id']})")
             continue
         parts: dict[int, np.ndarray] = {}  # merged per part class, as the evaluation expects
         for ann in annotations.get(image["id"], []):
             try:
                 mask = coco.segmentation_mask(ann["segmentation"], height, width)
-            except ValueError as exc:
-                skipped.add(f"{json_path}#annotation-{ann['id']}", f"empty or degenerate segmentation ({exc})")
+                if mask.shape != (height, width):  # an RLE's own size
+                    raise ValueError(f"a {mask.shape[0]}x{mask.shape[1]} mask in a {height}x{width} image")
+            except (ValueError, TypeError, KeyError) as exc:  # the release has a few degenerate polygons
+                skipped.add(f"{json_path}#annotation-{ann.get('id')}",
+                            f"empty, degenerate or malformed segmentation ({type(exc).__name__}: {exc})")
                 continue
             cat = part_index[ann["category_id"]]
             parts[cat] = parts[cat] | mask if cat in parts else mask
@@ -95,28 +159,32 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
 
 
 def metadata(dataset: str, base: Path, split: str, root: Path) -> Metadata:
-    data = coco.read_json(base / f"{split}.json")
+    data = read_split(base / f"{split}.json")
     categories, part_index = _part_classes(data)
-    wnids = sorted({wnid_of(img["file_name"]) for img in data["images"]})
-    wnid_of_image = {img["id"]: wnid_of(img["file_name"]) for img in data["images"]}
+    # what load() skips is left out here too (and named by load, not twice)
+    images, annotations = _usable(data, base / f"{split}.json", SkipLog(f"{dataset}_{split}"))
+    wnids = sorted({wnid_of(img["file_name"]) for img in images})
     supercategory_of = {}
-    for ann in data["annotations"]:
-        supercategory_of.setdefault(wnid_of_image.get(ann["image_id"]), categories[part_index[ann["category_id"]]]["supercategory"])
+    for img in images:
+        for ann in annotations.get(img["id"], []):
+            category = categories[part_index[ann["category_id"]]]
+            supercategory_of.setdefault(wnid_of(img["file_name"]), category["supercategory"])
     parts_of_super = {}
     for i, c in enumerate(categories):
         parts_of_super.setdefault(c["supercategory"], []).append(i)
     supers = [supercategory_of.get(w, "") for w in wnids]
     return Metadata(
         thing_classes=wnids,
-        part_classes=[f"{c['supercategory']} {c['name']}" for c in categories],
+        part_classes=[c["name"] for c in categories],
         parts_of={i: parts_of_super.get(s, []) for i, s in enumerate(supers)},
         extra={"wnids": wnids, "supercategory_of": supers, "supercategories": list(parts_of_super)},
     )
 
 
 def categories() -> list[dict]:
+    """The release's 40 categories: ids 0-39, each name carrying its supercategory ("Quadruped Head")."""
     cats = [(s, p) for s, parts in TAXONOMY.items() for p in parts]
-    return [{"id": i, "name": p, "supercategory": s} for i, (s, p) in enumerate(cats)]
+    return [{"id": i, "name": f"{s} {p}", "supercategory": s} for i, (s, p) in enumerate(cats)]
 
 
 def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
@@ -160,16 +228,20 @@ def prepare_valtest(base: Path) -> str:
                 f"{base / split}.json and {base / split}/ are needed to make valtest; place PartImageNet's "
                 "val and test splits first (datasets/README.md, section PartImageNet)"
             )
-        splits[split] = coco.read_json(base / f"{split}.json")
+        splits[split] = read_split(base / f"{split}.json")
     val, test = splits["val"], splits["test"]
     if sorted(map(str, val["categories"])) != sorted(map(str, test["categories"])):
         raise PrepareError(f"{base}/val.json and test.json have different categories: not the same release?")
     for name, data in splits.items():
-        for key in ("images", "annotations"):
+        for key, fields in (("images", ("id",)), ("annotations", ("id", "image_id"))):
+            # a malformed entry is skipped by the loader, but merging needs the ids of every entry
+            if not all(isinstance(x, dict) and all(_is_int(x.get(f)) for f in fields) for x in data[key]):
+                raise PrepareError(f"{base}/{name}.json has {key} without an integer {' or '.join(fields)}: "
+                                   "cannot merge it unambiguously")
             ids = [x["id"] for x in data[key]]
             if len(ids) != len(set(ids)):
                 raise PrepareError(f"{base}/{name}.json has duplicate {key} ids: cannot merge it unambiguously")
-    shared = {i["file_name"] for i in val["images"]} & {i["file_name"] for i in test["images"]}
+    shared = {i.get("file_name") for i in val["images"]} & {i.get("file_name") for i in test["images"]} - {None}
     if shared:
         raise PrepareError(f"{len(shared)} images are in both val and test (e.g. {sorted(shared)[0]}): cannot merge")
     image_offset = _offset([i["id"] for i in val["images"]], [i["id"] for i in test["images"]])

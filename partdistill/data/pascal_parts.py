@@ -6,28 +6,27 @@ Layout under the dataset folder (datasets/README.md, section "Pascal-Part"):
     images/ImageSets/Main/{train,val}.txt     VOC split lists, one image id per line
     annotations/<id>.mat                      only for images that have part annotations
 
-Raw part names ('lfleg', 'engine_3') are cut at the first '_' and merged through
-`datasets/metadata/pascal_part_taxonomy.yaml` into the 50 evaluated part classes; the masks of one
-object that merge to the same part are joined into one part annotation.
+The .mat files are read and written by `pascal_mat`. Raw part names ('lfleg', 'engine_3') are cut
+at the first '_' and merged through `datasets/metadata/pascal_part_taxonomy.yaml` into the 50
+evaluated part classes; the masks of one object that merge to the same part are joined into one
+part annotation.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import scipy.io
 import yaml
 from PIL import Image
-from scipy.io.matlab import mat_struct
 
 from partdistill.config.resolver import CHECKOUT
 from partdistill.data.catalog import Metadata
+from partdistill.data.folders import image_mismatch
+from partdistill.data.pascal_mat import MatLayoutError, MatObject, read_mat, write_mat
 from partdistill.data.planted import Scene, draw_scene
 from partdistill.data.records import SkipLog, object_record, part_record
 
@@ -53,13 +52,7 @@ CLASS_ID = {name: i for i, name in enumerate(THING_CLASSES)}
 PART_ID = {name: i for i, name in enumerate(PART_CLASSES)}
 MAT_CLASS_NAMES = {"table": "diningtable"}  # the .mat files' spelling -> ours
 MAT_SPELLING = {ours: theirs for theirs, ours in MAT_CLASS_NAMES.items()}
-# one object of a .mat file: (class, HxW mask, [(raw part name, HxW mask)])
-MatObject = tuple[str, np.ndarray, Sequence[tuple[str, np.ndarray]]]
 SYNTHETIC_PARTS = 4  # raw parts planted per object class in synthetic copies (at most)
-
-
-class MatLayoutError(ValueError):
-    """A .mat file that cannot be read or does not have the Pascal-Part layout."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,64 +89,6 @@ def metadata(dataset: str, base: Path, split: str, root: Path) -> Metadata:
     return Metadata(list(THING_CLASSES), list(PART_CLASSES), parts_of)
 
 
-# --- reading ----------------------------------------------------------------------------------
-
-
-def _field(struct: object, name: str) -> object:
-    if not isinstance(struct, mat_struct) or not hasattr(struct, name):
-        raise MatLayoutError(f"expected a struct with field {name!r}")
-    return getattr(struct, name)
-
-
-def _items(value: object) -> list:
-    """Struct arrays as a list: squeeze_me turns 1 element into the element itself, 0 into an empty array."""
-    return list(value.ravel()) if isinstance(value, np.ndarray) else [value]
-
-
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise MatLayoutError(f"{what} is not a string")
-    return value
-
-
-def _mask(value: object, what: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.ndim != 2:
-        raise MatLayoutError(f"{what} is not a 2-D array")
-    return value != 0
-
-
-def read_mat(path: Path) -> list[MatObject]:
-    """The objects of one Pascal-Part .mat file; classes as the file names them ('table'), masks boolean.
-
-    Raises:
-        MatLayoutError: the file is unreadable, or lacks the `anno.objects[].parts[]` layout, or its
-            masks differ in shape (the message says which).
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # scipy warns about odd files: treat them as unreadable
-            data = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except Exception as e:  # a corrupt file fails in many ways (ValueError, zlib.error, struct.error, ...)
-        raise MatLayoutError(f"unreadable .mat file ({type(e).__name__}: {e})") from e
-    if "anno" not in data:
-        raise MatLayoutError("no variable 'anno'")
-    objects = []
-    for i, obj in enumerate(_items(_field(data["anno"], "objects"))):
-        parts = [
-            (_text(_field(part, "part_name"), f"objects[{i}].parts[{j}].part_name"),
-             _mask(_field(part, "mask"), f"objects[{i}].parts[{j}].mask"))
-            for j, part in enumerate(_items(_field(obj, "parts")))
-        ]  # fmt: skip
-        name = _text(_field(obj, "class"), f"objects[{i}].class")
-        objects.append((name, _mask(_field(obj, "mask"), f"objects[{i}].mask"), parts))
-    if not objects:
-        raise MatLayoutError("anno.objects is empty")
-    shapes = {m.shape for _, mask, parts in objects for m in [mask] + [pm for _, pm in parts]}
-    if len(shapes) != 1:
-        raise MatLayoutError(f"masks differ in shape: {sorted(shapes)}")
-    return objects
-
-
 def _annotations(path: Path, objects: list[MatObject], skips: SkipLog) -> list[dict]:
     """object_records of one file; unknown classes, empty objects and unknown part names go to `skips`."""
     table = taxonomy()
@@ -182,7 +117,7 @@ def _annotations(path: Path, objects: list[MatObject], skips: SkipLog) -> list[d
 
 def split_ids(base: Path, split: str) -> list[str]:
     """Image ids of a VOC split list (first token of each non-empty line)."""
-    lines = (base / "images" / "ImageSets" / "Main" / f"{split}.txt").read_text().splitlines()
+    lines = (base / "images" / "ImageSets" / "Main" / f"{split}.txt").read_text(encoding="utf-8").splitlines()
     return [line.split()[0] for line in lines if line.strip()]
 
 
@@ -190,8 +125,9 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
     """One record per part-annotated image of the split (DESIGN.md "Contracts").
 
     Objects of part-less classes (boat, chair, diningtable, sofa) are kept with `parts=[]`.
-    Split images without a .mat are counted in one log line; unreadable .mat files, unknown
-    classes and unknown part names are skipped and named in one warning at the end.
+    Split images without a .mat are counted in one log line; unreadable .mat files, images that are
+    missing or of another size than their masks, unknown classes and unknown part names are skipped
+    and named in one warning at the end.
     """
     name = f"{dataset}_{split}"
     skips = SkipLog(name)
@@ -208,8 +144,13 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
             skips.add(path, str(e))
             continue
         height, width = objects[0][1].shape
+        image = (base / "images" / "JPEGImages" / f"{image_id}.jpg").absolute()
+        mismatch = image_mismatch(image, height, width)
+        if mismatch is not None:
+            skips.add(path, f"its image {image} is {mismatch}")
+            continue
         records.append({
-            "file_name": str((base / "images" / "JPEGImages" / f"{image_id}.jpg").absolute()),
+            "file_name": str(image),
             "height": int(height),
             "width": int(width),
             "image_id": image_id,
@@ -225,30 +166,6 @@ def load(dataset: str, base: Path, split: str, root: Path) -> list[dict]:
 
 
 # --- synthetic copies -------------------------------------------------------------------------
-
-
-def write_mat(path: Path, imname: str, objects: Sequence[MatObject]) -> None:
-    """Writes one annotation file in the real Pascal-Part struct layout.
-
-    Args:
-        path: the .mat file.
-        imname: the image id.
-        objects: one per object, its class as in THING_CLASSES ('diningtable'); an object
-            without parts gets an empty 0x0 `parts`, as in the real files.
-    """
-    obj_fields = [("class", object), ("classind", object), ("mask", object), ("parts", object)]
-    obj_array = np.empty((1, len(objects)), dtype=obj_fields)
-    for i, (name, mask, parts) in enumerate(objects):
-        part_array = np.zeros((0, 0))
-        if parts:
-            part_array = np.empty((1, len(parts)), dtype=[("part_name", object), ("mask", object)])
-            for j, (part_name, part_mask) in enumerate(parts):
-                part_array[0, j] = (part_name, part_mask.astype(np.uint8))
-        classind = float(CLASS_ID[name] + 1)  # 1-based, a double as in the real files
-        obj_array[0, i] = (MAT_SPELLING.get(name, name), classind, mask.astype(np.uint8), part_array)
-    anno = np.empty((1, 1), dtype=[("imname", object), ("objects", object)])
-    anno[0, 0] = (imname, obj_array)
-    scipy.io.savemat(str(path), {"anno": anno}, do_compression=True)
 
 
 def synthetic_part_names(name: str) -> list[str]:
@@ -317,7 +234,7 @@ def synthesize(dataset: str, base: Path, num_images: int, seed: int) -> None:
         jpeg = base / "images" / "JPEGImages" / f"{image.image_id}.jpg"
         Image.fromarray(image.scene.image).save(jpeg, quality=90)
         objects = [
-            (name, obj.mask, list(zip(part_names, obj.part_masks)))
+            (MAT_SPELLING.get(name, name), CLASS_ID[name] + 1, obj.mask, list(zip(part_names, obj.part_masks)))
             for name, obj, part_names in zip(image.class_names, image.scene.objects, image.part_names)
         ]
         write_mat(base / "annotations" / f"{image.image_id}.mat", image.image_id, objects)
