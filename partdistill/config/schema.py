@@ -118,6 +118,7 @@ class PartitionedStageConfig(StageConfig):
     partition: Optional[int] = None  # i in 0..P-1; null = every partition, one after another
     batch_size: int = 8  # images per forward pass
     image_size: int = 640  # images are resized to fit image_size x image_size
+    allow_empty: bool = False  # accept a complete store with no record (otherwise the stage fails, naming why)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
+from partdistill.errors import UserError
 from partdistill.plan import check_partition
 from partdistill.store import Store, class_key, partition_records
 
@@ -73,7 +74,17 @@ def run_partitions(store: Store, stage: DictConfig, records: list[dict],
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def print_summary(store: Store, result: dict, counted: str) -> None:
-    """One line: what this run counted, the shards it wrote, and what is still missing."""
+def print_summary(store: Store, result: dict, counted: str, stage: DictConfig, empty_hint: str) -> None:
+    """One line: what this run counted, the shards it wrote, and what is still missing. Then, once every
+    partition is complete, a store with no record at all is an error (`empty_hint`: the likely cause
+    and fix), unless `stage.allow_empty`: judged over the whole stage, since one partition may rightly
+    be empty (more partitions than classes) and must not fail its array task."""
     print(f"{store.stage}: {counted}, {result['partitions_written']} partition(s) written, "
           f"{result['incomplete']} incomplete, {result['seconds']} s -> {store.folder}")
+    totals = store.summary()
+    if totals["incomplete"] or totals["records"] or stage.allow_empty:
+        return
+    raise UserError(f"{store.stage}: all {store.num_partitions} partition(s) are complete but the store in "
+                    f"{store.folder} holds no record ({totals['skipped']} sample(s) skipped): {empty_hint}. "
+                    f"The next stage would have nothing to read. To keep an empty result on purpose, give "
+                    f"stage.allow_empty=true.")

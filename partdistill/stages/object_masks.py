@@ -99,5 +99,12 @@ def run(cfg: DictConfig) -> dict:
         model = build_model(cfg.model).eval().to(device_of(cfg))
         result = run_partitions(store, s, records, lambda index, part, shard: _model_objects(cfg, model, part, shard))
     result = {"images": 0, "objects": 0, "skipped": 0, **result}
-    print_summary(store, result, f"{result['images']} images, {result['objects']} objects, {result['skipped']} skipped")
+    if s.source.value == "gt":
+        hint = (f"stage.source=gt takes the ground-truth objects of {cfg.data.train}, and it has none (ImageNet has "
+                "no object annotations): give stage.source=model to take the instance model's most confident one")
+    else:
+        hint = (f"no image had an instance above stage.score_threshold={s.score_threshold} (or none could be read): "
+                "lower the threshold, or check model.pretrained is an instance-segmentation model")
+    print_summary(store, result, f"{result['images']} images, {result['objects']} objects, {result['skipped']} skipped",
+                  s, hint)
     return result

@@ -268,5 +268,10 @@ def run(cfg: DictConfig) -> dict:
               **run_partitions(store, s, catalog.load(cfg.data.train, project_root()), write)}
     print_summary(store, result, f"{result['images']} images, {result['objects']} objects, {result['parts']} parts "
                                  f"labelled in {result['classes']} classes; {result['classes_too_few_features']} "
-                                 f"classes with too few features, {result['skipped']} images skipped")
+                                 f"classes with too few features, {result['skipped']} images skipped", s,
+                  f"no proposal was labelled: the proposals must pass stage.min_score_1={s.min_score_1} and "
+                  f"stage.min_area_ratio_1={s.min_area_ratio_1} to be clustered and stage.min_score_2={s.min_score_2}"
+                  f" and stage.min_area_ratio_2={s.min_area_ratio_2} to be labelled, and a class needs at least "
+                  f"stage.num_clusters={s.num_clusters} of them ({result['classes_too_few_features']} classes had "
+                  "fewer): lower these, or train the proposal model longer")
     return result

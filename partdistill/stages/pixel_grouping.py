@@ -135,7 +135,10 @@ def run(cfg: DictConfig) -> dict:
     result = {"images": 0, "objects": 0, "too_small": 0,
               **run_partitions(store, s, catalog.load(cfg.data.train, project_root()), write)}
     print_summary(store, result, f"{result['images']} images, {result['objects']} objects grouped, "
-                                 f"{result['too_small']} too small to group")
+                                 f"{result['too_small']} too small to group", s,
+                  f"no object could be grouped ({result['too_small']} had fewer feature pixels than "
+                  f"stage.kmeans.k={s.kmeans.k}): lower stage.kmeans.k, give a larger stage.image_size, or check "
+                  f"the '{UPSTREAM}' store (partdistill store show {cfg.run_dir} {UPSTREAM})")
     if s.eval_suites and is_main_process() and not store.incomplete():  # once, when the store is whole
         from partdistill.io import write_json_atomic
         from partdistill.plan import suite_dataset
