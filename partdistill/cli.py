@@ -108,7 +108,7 @@ def evaluate(args: argparse.Namespace) -> int:
     results = evaluate_saved(
         args.dataset, args.predictions, args.out, match_dataset=args.match_dataset,
         match_predictions=args.match_predictions, mapping=args.mapping, object_class=args.object_class,
-        min_gt_iou=args.min_gt_iou, overlays=args.overlays,
+        min_gt_iou=args.min_gt_iou, overlays=args.overlays, allow_empty=args.allow_empty,
     )
     for key, value in headline(results).items():
         print(f"{key:<16} {value:.2f}" if isinstance(value, float) else f"{key:<16} {value}")
@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="score saved predictions of any method on a dataset",
                              description="Scores a prediction file (JSON list or JSON Lines of {image_id, "
-                             "segmentation: COCO RLE, label, score}) with part mIoU and part AR.")
+                             "segmentation: COCO RLE, label, score}) with part mIoU and part AR. Every record "
+                             "is checked first; an error names the file, the record index and the field.")
     ev.add_argument("--dataset", required=True, help="a dataset name, e.g. pascal_parts_val, part_imagenet_valtest")
     ev.add_argument("--predictions", required=True, help="the prediction file")
     ev.add_argument("--match-dataset", help="learn the label -> part mapping on this dataset (default: --dataset)")
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--min-gt-iou", type=float, default=0.001, help="proposal AR: drop proposals not above this")
     ev.add_argument("--overlays", type=int, default=4, help="PNG overlays to write")
     ev.add_argument("--out", required=True, help="folder for metrics.json, CSVs, summary.md and overlays/")
+    ev.add_argument("--allow-empty", action="store_true",
+                    help="score a prediction file without records (every part then counts as missed) instead of "
+                    "refusing it as the sign of a method that wrote nothing")
     ev.set_defaults(func=evaluate)
 
     rep = commands.add_parser("report", help="rebuild the summary table of an evaluation multirun")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def evaluate_saved(
     overlays: int = 4,
     root: str | Path | None = None,
     extra: dict | None = None,
+    allow_empty: bool = False,
 ) -> dict:
     """Scores a prediction file on `dataset` (e.g. "pascal_parts_val"); writes and returns the results.
 
@@ -52,13 +54,15 @@ def evaluate_saved(
     (both or neither), else on `dataset` itself, as the paper does. With mapping="identity" the
     labels are the dataset's part classes, so supervised mIoU (`mIoU`, `mACC`, `pixel_acc`) and
     COCO part AP (`AP`, `AP50`, `AP75`, `AP-AR@1|10|100`) are reported too. `extra` (e.g. the
-    suite's name) is stored at the top of metrics.json.
+    suite's name) is stored at the top of metrics.json. Every record is checked before scoring
+    (`predictions.check_records`); a file without records is refused unless `allow_empty`.
     """
     if (match_dataset is None) != (match_predictions is None):
         raise PredictionError("give both a match dataset and its predictions, or neither")
     records = catalog.load(dataset, root)
     meta = catalog.metadata(dataset, root)
-    grouped = group_by_image(read_predictions(predictions), records, str(predictions))
+    read = _reader(meta, mapping, dataset, allow_empty)
+    grouped = group_by_image(read(predictions), records, str(predictions))
     miou = PartMIoUEvaluator(meta, mapping, object_class)
     ar = ProposalAREvaluator(meta, min_gt_iou=min_gt_iou, object_class=object_class)
     supervised = [SupervisedMIoUEvaluator(meta, object_class), PartAPEvaluator(meta)] if mapping == "identity" else []
@@ -72,7 +76,7 @@ def evaluate_saved(
                 "cannot score the other; with PartImageNet use eval.object_class=supercategory"
             )
         match_records = catalog.load(match_dataset, root)
-        match_grouped = group_by_image(read_predictions(match_predictions), match_records, str(match_predictions))
+        match_grouped = group_by_image(read(match_predictions), match_records, str(match_predictions))
         match = PartMIoUEvaluator(match_meta, mapping, object_class)
         _score([match], match_records, match_grouped, f"matching on {match_dataset}")
     results = {**(extra or {}), "dataset": dataset, "predictions": str(predictions),
@@ -85,6 +89,16 @@ def evaluate_saved(
     write_results(results, out_dir, f"{dataset}: {predictions}")
     _write_overlays(records, grouped, miou, results["mapping"], out_dir / "overlays", overlays)
     return results
+
+
+def _reader(meta, mapping: str, dataset: str, allow_empty: bool):
+    """read_predictions with the labels the mapping accepts: any cluster id up to MAX_LABEL, or, for the
+    identity mapping, the dataset's part ids (another label would silently count as background)."""
+    if mapping == "identity":
+        last = len(meta.part_classes) - 1
+        return partial(read_predictions, max_label=last, label_space=f"the identity mapping: {dataset}'s part ids",
+                       allow_empty=allow_empty)
+    return partial(read_predictions, allow_empty=allow_empty)
 
 
 def _write_overlays(records, grouped, miou: PartMIoUEvaluator, mapping: dict, folder: Path, count: int) -> None:
