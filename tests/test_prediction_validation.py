@@ -156,3 +156,16 @@ def test_run_totals_match_pycocotools_on_real_masks():
     totals = rle_run_totals([r["counts"] for r in rles])
     assert totals.tolist() == [int(np.prod(r["size"])) for r in rles]
     assert rle_run_totals(["", "garbage!!", "0", "PPPP"]).tolist() == [0, -1, 0, -1]
+
+
+def test_stage_evaluate_refuses_an_empty_file_unless_eval_allow_empty(good, tmp_path, compose_cfg):
+    from partdistill import stages
+
+    path = tmp_path / "empty.json"
+    path.write_text("[]")
+    overrides = ("experiment=smoke", "stage=evaluate", f"eval.predictions={path}", f"run_dir={tmp_path / 'run'}",
+                 f"stage.out={tmp_path / 'out'}", "eval.overlays=0")
+    with pytest.raises(PredictionError, match="eval.allow_empty=true for stage=evaluate"):
+        stages.run(compose_cfg(*overrides))
+    stages.run(compose_cfg(*overrides, "eval.allow_empty=true"))
+    assert (tmp_path / "out" / "metrics.json").is_file()

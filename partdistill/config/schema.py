@@ -62,6 +62,7 @@ class EvalConfig:
     object_class: ObjectClass = ObjectClass.synset
     predictions: Optional[str] = None  # score this prediction file (JSON / JSON Lines) instead of a model
     match_predictions: Optional[str] = None  # predictions on match_split, when it differs from split
+    allow_empty: bool = False  # score a predictions file without records (every metric reads 0) instead of refusing it
     min_gt_iou: float = 0.001  # proposal AR drops proposals whose best IoU with a GT part is not above this
     overlays: int = 4  # PNG overlays of predicted parts written per suite
     proposals: int = 200  # a proposal model's top-scoring masks that are scored (AR@k needs k <= this)

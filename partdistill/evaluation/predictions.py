@@ -55,7 +55,8 @@ def read_predictions(path: str | Path, max_label: int = MAX_LABEL, label_space: 
     if not records and not allow_empty:
         raise PredictionError(
             f"{path} holds no prediction records, so every metric would read 0; check that the method wrote its "
-            "predictions, or pass --allow-empty (partdistill evaluate) to score an empty file"
+            "predictions, or pass --allow-empty (partdistill evaluate; eval.allow_empty=true for stage=evaluate) "
+            "to score an empty file"
         )
     check_records(records, str(path), max_label, label_space)
     return records

@@ -94,6 +94,7 @@ def run(cfg: DictConfig) -> dict:
         match_predictions=match_predictions if matched else None,
         mapping=mapping, object_class=ev.object_class.value, min_gt_iou=ev.min_gt_iou,
         overlays=ev.overlays, root=project_root(), extra={"suite": ev.suite, "weights": weights},
+        allow_empty=ev.allow_empty,
     )
     top = headline(results)
     shown = ", ".join(f"{k} {v:.2f}" for k, v in top.items() if isinstance(v, float))
