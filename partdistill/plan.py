@@ -76,13 +76,13 @@ def suite_dataset(suite: str, run_eval: DictConfig) -> tuple[str, list[str]]:
 
 
 def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
-    """Dataset name -> splits the config's stages read (beyond each dataset's default splits)."""
+    """Dataset name -> the splits the config's stages read (a run checks these, not every split)."""
     needs: dict[str, list[str]] = {}
     for name, stage in stages_to_run(cfg):
         sources = ("eval",) if name == "pixel_grouping" and stage.evaluate else INPUTS[name]
         for source in sources:
             if source == "data":
-                _add_need(needs, cfg.data.name, [])
+                _add_need(needs, cfg.data.name, ["train"])
             elif source == "eval":
                 _add_need(needs, cfg.eval.dataset, [cfg.eval.split, cfg.eval.match_split])
             else:
@@ -100,7 +100,7 @@ def _add_need(needs: dict[str, list[str]], dataset: str, splits: list[str]) -> N
 
 def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
     write_synthetic([cfg])
-    return [check(name, splits) for name, splits in dataset_needs(cfg).items()]
+    return [check(name, splits, only=True) for name, splits in dataset_needs(cfg).items()]
 
 
 def write_synthetic(configs: list[DictConfig]) -> None:
@@ -147,7 +147,7 @@ def preflight(configs: list[DictConfig]) -> None:
                 check_partition(stage)
         for dataset, splits in dataset_needs(cfg).items():
             _add_need(needs, dataset, splits)
-    require([check(name, splits) for name, splits in needs.items()])
+    require([check(name, splits, only=True) for name, splits in needs.items()])
     stages.require_stages(sorted(selected))
 
 

@@ -56,15 +56,15 @@ def test_eval_suite_requires_its_scored_split(root, compose_cfg):
 @pytest.mark.parametrize(
     "overrides, needed",
     [
-        ([], {"imagenet_1k": []}),
-        (["experiment=paper", "stage=pixel_grouping"], {"imagenet_22k": []}),
+        ([], {"imagenet_1k": ["train"]}),
+        (["experiment=paper", "stage=pixel_grouping"], {"imagenet_22k": ["train"]}),
         (["stage=evaluate", "eval=part_imagenet"], {"part_imagenet": ["valtest"]}),
         (["stage=finetune", "eval=cityscapes_part"], {"cityscapes_part": ["val"]}),
         (
             ["experiment=paper", "stage=proposal_learning"],
-            {"imagenet_22k": [], "pascal_parts": ["val"], "part_imagenet": ["valtest"], "cityscapes_part": ["val"]},
+            {"imagenet_22k": ["train"], "pascal_parts": ["val"], "part_imagenet": ["valtest"], "cityscapes_part": ["val"]},
         ),
-        (["experiment=smoke", "stage=pipeline"], {"synthetic": ["val"]}),
+        (["experiment=smoke", "stage=pipeline"], {"synthetic": ["train", "val"]}),
     ],
 )
 def test_a_run_needs_only_what_its_stages_read(compose_cfg, overrides, needed):
@@ -82,3 +82,10 @@ def test_every_missing_dataset_is_reported_at_once(root, compose_cfg):
 def test_unknown_eval_suite_is_a_config_error(compose_cfg):
     with pytest.raises(plan.ConfigError, match="unknown suite 'voc'"):
         plan.dataset_needs(compose_cfg("stage=distillation", "stage.eval_suites=[voc]"))
+
+
+def test_a_run_that_only_trains_does_not_need_the_val_split(root, compose_cfg):
+    shutil.rmtree(root / "datasets/imagenet_1k/val")
+    plan.preflight([compose_cfg("stage=object_masks", "data=imagenet_1k")])  # reads train only
+    with pytest.raises(DatasetLayoutError, match="imagenet_1k/val"):
+        plan.require([check("imagenet_1k")])  # `partdistill data check` still reports the whole dataset

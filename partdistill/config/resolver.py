@@ -61,7 +61,7 @@ def format_layout_error(reports: Sequence[LayoutReport], root: str | None = None
     return "\n".join(lines)
 
 
-def check(name: str, splits: Sequence[str] = ()) -> LayoutReport:
+def check(name: str, splits: Sequence[str] = (), only: bool = False) -> LayoutReport:
     """Checks one dataset under the current root (see `check_dataset`)."""
-    return check_dataset(name, datasets_root(), splits)
+    return check_dataset(name, datasets_root(), splits, only)
 

@@ -225,13 +225,14 @@ DATASETS = tuple(_CHECKS)
 _FOLDER_NAMES = {"imagenet_22k": ("imagenet_22k", "imagenet_21k")}
 
 
-def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = ()) -> LayoutReport:
+def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = (), only: bool = False) -> LayoutReport:
     """Checks one dataset's layout under `datasets_root` (`<root>/datasets`).
 
     Args:
         name (str): one of DATASETS.
         datasets_root (Path): the folder that holds the dataset folders.
         splits (Sequence[str]): splits required beyond the dataset's defaults (e.g. "valtest").
+        only (bool): require `splits` alone, not the defaults too (a run checks only what it reads).
     """
     kind = family(name)
     report = _locate(datasets_root, _FOLDER_NAMES.get(name, (name,)), name)
@@ -241,6 +242,7 @@ def check_dataset(name: str, datasets_root: Path, splits: Sequence[str] = ()) ->
         return report
     if checker.folder(".", "dataset folder") is None:
         return report
-    wanted = list(DEFAULT_SPLITS[kind]) + [s for s in splits if s not in DEFAULT_SPLITS[kind]]
+    wanted = list(dict.fromkeys(splits)) if only else (
+        list(DEFAULT_SPLITS[kind]) + [s for s in splits if s not in DEFAULT_SPLITS[kind]])
     _CHECKS[kind](checker, wanted)
     return report
