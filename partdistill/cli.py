@@ -136,7 +136,7 @@ def store_show(args: argparse.Namespace) -> int:
         shown = ", ".join(map(str, summary["incomplete"][:20])) + (" ..." if len(summary["incomplete"]) > 20 else "")
         print(f"  incomplete: {shown}")
     if args.overlays:
-        out = Path(args.out) if args.out else store.folder / "overlays"
+        out = Path(args.out) if args.out else Path(args.run_dir) / "overlays" / args.stage  # not in the store
         written = write_overlays(store.records(), out, args.overlays, args.stage)
         print(f"  {len(written)} overlay(s) (image | parts by label) -> {out}")
     return 0
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir", help="the run folder (it holds store/)")
     show.add_argument("stage", choices=["object_masks", "pixel_grouping", "part_ranking"])
     show.add_argument("--overlays", type=int, default=8, help="PNG overlays to write (0: none)")
-    show.add_argument("--out", help="folder for the overlays (default: the store's <stage>/overlays)")
+    show.add_argument("--out", help="folder for the overlays (default: RUN_DIR/overlays/<stage>)")
     show.set_defaults(func=store_show)
     return parser
 

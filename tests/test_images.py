@@ -37,3 +37,14 @@ def test_loader_skips_and_counts_unreadable_images(files):
         skipped += [s["skipped"] for s in bad]
     assert read == ["good", "good"]
     assert len(skipped) == 4 and sum("truncated.JPEG" in s for s in skipped) == 2
+
+
+def test_loader_workers_default_to_the_cpus_this_process_may_use(compose_cfg):
+    import os
+
+    from partdistill.data.images import loader_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert loader_workers(None) == min(8, cpus) and loader_workers(3) == 3  # an explicit value is used as given
+    cfg = compose_cfg("data=imagenet_1k", "stage=proposal_learning")
+    assert cfg.data.num_workers is None and cfg.stage.num_workers is None

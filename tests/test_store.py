@@ -246,7 +246,8 @@ def test_store_show_counts_the_shards_and_draws_the_pseudo_labels(tmp_path, caps
     assert cli.main(["store", "show", str(tmp_path / "run"), "part_ranking"]) == 0
     out = capsys.readouterr().out
     assert "1 of 2 partition(s) complete, 1 records, 0 skipped" in out and "incomplete: 1" in out
-    png = store.folder / "overlays" / "n01_a.png"
+    png = tmp_path / "run" / "overlays" / "part_ranking" / "n01_a.png"  # beside the store, not inside it
+    assert not (store.folder / "overlays").exists()
     with Image.open(png) as drawn:
         assert drawn.height >= 256 and drawn.width > 2 * 6 * 64  # image | overlay, each upscaled 64x
     assert cli.main(["store", "show", str(tmp_path / "nowhere"), "part_ranking"]) == 2

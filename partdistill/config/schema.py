@@ -49,7 +49,7 @@ class DataConfig:
     # dataset folder under $PART_DISTILLATION_ROOT/datasets: imagenet_1k | imagenet_22k | synthetic | ...
     name: str = MISSING
     train: str = MISSING  # catalog name of the training split, e.g. imagenet_1k_train
-    num_workers: int = 8  # DataLoader workers per process
+    num_workers: Optional[int] = None  # image-loading processes per process; null = one per CPU, at most 8
 
 
 @dataclass
@@ -212,7 +212,7 @@ class TrainingStageConfig(StageConfig):
     checkpoint_period: int = 5000
     keep_checkpoints: int = 3
     resume: Resume = Resume.auto
-    num_workers: int = 8
+    num_workers: Optional[int] = None  # loader processes per process; null = one per CPU, at most 8
     eval_images: Optional[int] = None  # images per suite the periodic evaluation scores; null = all
     eval_batch_size: int = 2  # images per forward pass of the periodic evaluation
     # start from a trained partdistill model (a stage folder such as ${run_dir}/proposal_learning, its

@@ -7,6 +7,7 @@ the stage can count them and name them in its summary.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -48,3 +49,19 @@ class ImageRecords(torch.utils.data.Dataset):
 def collate(samples: list[dict]) -> tuple[list[dict], list[dict]]:
     """(readable samples, skipped samples) of a batch; images stay numpy for the stage's resizing."""
     return [s for s in samples if "image" in s], [s for s in samples if "skipped" in s]
+
+
+MAX_DEFAULT_WORKERS = 8  # beyond this, JPEG decoding rarely limits one GPU's forward passes
+
+
+def loader_workers(requested: int | None) -> int:
+    """Loader processes: `requested`, or (null) one per CPU this process may use, at most 8."""
+    if requested is not None:
+        return int(requested)
+    return min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def image_loader(records: Sequence[dict], batch_size: int, workers: int | None) -> torch.utils.data.DataLoader:
+    """Batches of (readable samples, skipped samples) of `records`' images, in order."""
+    return torch.utils.data.DataLoader(ImageRecords(records), batch_size=batch_size,
+                                       num_workers=loader_workers(workers), collate_fn=collate)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
-from partdistill.data.images import ImageRecords, collate
+from partdistill.data.images import image_loader
 from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
 from partdistill.store import Store, class_key
 
@@ -62,8 +62,7 @@ def _model_objects(cfg: DictConfig, model, records: list[dict], shard) -> Counte
 
     counts = Counter()
     s, device = cfg.stage, device_of(cfg)
-    loader = torch.utils.data.DataLoader(ImageRecords(records), batch_size=s.batch_size,
-                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    loader = image_loader(records, s.batch_size, cfg.data.num_workers)
     for readable, skipped in tqdm(loader, desc="instance masks", unit="batch", disable=None):
         for sample in skipped:
             shard.skip(sample["record"]["file_name"], sample["skipped"])

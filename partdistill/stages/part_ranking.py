@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
-from partdistill.data.images import ImageRecords, collate
+from partdistill.data.images import image_loader
 from partdistill.errors import UserError
 from partdistill.models import ranking
 from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
@@ -133,8 +133,7 @@ def _forward(cfg: DictConfig, model, items: list[dict], desc: str):
     from partdistill.models.mask2former import preprocess
 
     s, device = cfg.stage, device_of(cfg)
-    loader = torch.utils.data.DataLoader(ImageRecords(items), batch_size=s.batch_size,
-                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    loader = image_loader(items, s.batch_size, cfg.data.num_workers)
     for readable, skipped in tqdm(loader, desc=desc, unit="batch", disable=None):
         if not readable:
             yield readable, skipped, None, None, None, None

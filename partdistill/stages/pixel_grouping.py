@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
-from partdistill.data.images import ImageRecords, collate
+from partdistill.data.images import image_loader
 from partdistill.engine.distributed import is_main_process
 from partdistill.models.grouping import GroupingParams, group_objects
 from partdistill.stages.common import device_of, model_identity, output_dir, print_summary, run_partitions
@@ -71,8 +71,7 @@ def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: to
     params = GroupingParams(k=s.kmeans.k, metric=s.metric.value, iters=s.kmeans.iters, tol=s.kmeans.tol,
                             init=s.kmeans.init, n_init=s.kmeans.n_init)
     counts = Counter()
-    loader = torch.utils.data.DataLoader(ImageRecords(items), batch_size=s.batch_size,
-                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    loader = image_loader(items, s.batch_size, cfg.data.num_workers)
     for readable, skipped in tqdm(loader, desc="pixel grouping", unit="batch", disable=None):
         for sample in skipped:
             shard.skip(sample["record"]["file_name"], sample["skipped"])

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.data.augmentation import collate
+from partdistill.data.images import loader_workers
 from partdistill.engine.distributed import is_main_process
 from partdistill.io import write_json_atomic
 
@@ -88,8 +89,9 @@ def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: C
     per_rank = s.solver.ims_per_batch // world
 
     def make_loader(smp):
-        return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=smp, num_workers=s.num_workers,
-                                           collate_fn=collate, persistent_workers=s.num_workers > 0)
+        workers = loader_workers(s.num_workers)
+        return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=smp, num_workers=workers,
+                                           collate_fn=collate, persistent_workers=workers > 0)
 
     eval_hook = EvalHook(s.eval_period if evaluate else 0, evaluate or (lambda m: {}))
     trainer = Trainer(model, loss_fn, optimizer, scheduler, sampler=sampler, make_loader=make_loader,
