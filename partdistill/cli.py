@@ -209,13 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from partdistill.errors import UserError
+    from partdistill.errors import user_error_of
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UserError as exc:
-        print(f"partdistill {args.command}: {exc}", file=sys.stderr)
+    except Exception as exc:
+        known = user_error_of(exc)
+        if known is None:
+            raise
+        print(f"partdistill {args.command}: {known}", file=sys.stderr)
         return 2
 
 

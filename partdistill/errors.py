@@ -1,4 +1,16 @@
-"""The base of every error a user can fix: launch.py and the CLI print its message, not a traceback."""
+"""The errors a user can fix: launch.py and the CLI print their message, not a traceback."""
+from __future__ import annotations
+
+import errno
+
+# disk faults a user fixes outside partdistill: what each means, said plainly
+DISK_FAULTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is mounted read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted",
+}
 
 
 class UserError(Exception):
@@ -7,3 +19,26 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value that composes but cannot be run (the message names the key and the fix)."""
+
+
+class DiskError(UserError):
+    """A file partdistill must read or write hit a disk fault (full, read-only, no permission)."""
+
+
+def user_error_of(exc: BaseException) -> UserError | None:
+    """The UserError behind `exc` (resolvers and Hydra wrap what they raise), a disk fault as a DiskError,
+    or None for a bug, which keeps its traceback."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, UserError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in DISK_FAULTS:
+            path = seen.filename or "a file"
+            return DiskError(
+                f"partdistill: {path}: {DISK_FAULTS[seen.errno]} ({seen.strerror}). Outputs are written to a "
+                "temporary file and renamed, so nothing partial was left behind; free space or fix the permissions "
+                "and run the same command again to resume, or give another run_dir=... (or --out) on a disk that "
+                "can take it."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from partdistill.config import ranges, suite_config
 from partdistill.config.resolver import DatasetLayoutError, check, describe_root
 from partdistill.data.layout import LayoutReport
-from partdistill.errors import ConfigError, UserError
+from partdistill.errors import ConfigError, UserError, user_error_of
 
 STAGE_ORDER = ("instance_training", "object_masks", "pixel_grouping", "proposal_learning", "part_ranking",
                "distillation", "evaluate", "report")
@@ -44,14 +44,12 @@ class StageNotAvailable(UserError):
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turns a UserError (a missing dataset, a bad value or file, a missing stage) into its plain message
-    on stderr and exit status 2; anything else keeps its traceback."""
+    """Turns a UserError (a missing dataset, a bad value or file, a missing stage, a full or read-only
+    disk) into its plain message on stderr and exit status 2; anything else keeps its traceback."""
     try:
         yield
     except Exception as exc:
-        known: BaseException | None = exc
-        while known is not None and not isinstance(known, UserError):
-            known = known.__cause__ or known.__context__  # resolvers wrap what they raise
+        known = user_error_of(exc)
         if known is None:
             raise
         print(known, file=sys.stderr)
