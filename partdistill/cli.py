@@ -27,8 +27,9 @@ def data_check(args: argparse.Namespace) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from partdistill import config, plan
-    from partdistill.config.resolver import check, describe_root
+    from partdistill.data.missing import check
     from partdistill.errors import ConfigError
+    from partdistill.paths import describe_root
 
     try:
         cfg = config.compose(args.overrides)
@@ -76,8 +77,8 @@ def data_synth(args: argparse.Namespace) -> int:
 
 
 def data_prepare(args: argparse.Namespace) -> int:
-    from partdistill.config.resolver import datasets_root
     from partdistill.data import part_imagenet
+    from partdistill.paths import datasets_root
 
     print(part_imagenet.prepare_valtest(datasets_root() / "part_imagenet"))
     return 0

@@ -11,15 +11,13 @@ from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
-from partdistill.config import ranges, suite_config
-from partdistill.config.resolver import DatasetLayoutError, check, describe_root
+from partdistill.config import ranges, suite_dataset
 from partdistill.data.layout import LayoutReport
-from partdistill.errors import ConfigError, UserError, user_error_of
+from partdistill.data.missing import DatasetLayoutError, check
+from partdistill.errors import ConfigError, user_error_of
+from partdistill.paths import describe_root
+from partdistill.stages import PARTITIONED, stages_to_run
 
-STAGE_ORDER = ("instance_training", "object_masks", "pixel_grouping", "proposal_learning", "part_ranking",
-               "distillation", "evaluate", "report")
-STAGES = STAGE_ORDER + ("finetune",)
-PARTITIONED = ("object_masks", "pixel_grouping", "part_ranking")
 # what each stage reads: the training data (data=), the suite (eval=), the suites in stage.eval_suites
 INPUTS = {
     "instance_training": ("data", "eval"),
@@ -38,10 +36,6 @@ SLURM_KEYS = (
 )
 
 
-class StageNotAvailable(UserError):
-    """The selected stage has no implementation in this version."""
-
-
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Turns a UserError (a missing dataset, a bad value or file, a missing stage, a full or read-only
@@ -54,23 +48,6 @@ def exit_on_user_error() -> Iterator[None]:
             raise
         print(known, file=sys.stderr)
         sys.exit(2)
-
-
-def stages_to_run(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
-    """(name, stage config) of each stage the config runs, in order."""
-    if cfg.stage.name == "pipeline":
-        unknown = [name for name in cfg.stage.stages if name not in STAGE_ORDER]
-        if unknown:
-            raise ConfigError(f"stage.stages names unknown stages {unknown}; the pipeline's stages are {STAGE_ORDER}")
-        return [(name, cfg.stage[name]) for name in cfg.stage.stages]
-    return [(cfg.stage.name, cfg.stage)]
-
-
-def suite_dataset(suite: str, run_eval: DictConfig) -> tuple[str, list[str]]:
-    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites, as
-    Hydra composes `eval=<suite>`, resolved against the run's config (`run_eval`: its composed `eval`)."""
-    node = suite_config(suite, run_eval._get_root())
-    return node.dataset, [node.split, node.match_split]
 
 
 def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
@@ -104,8 +81,8 @@ def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
 def write_synthetic(configs: list[DictConfig]) -> None:
     """Writes every keyed synthetic set (synthetic-s<seed>-n<images>) these configs read that is not on
     disk yet: the demo's data, made before the layout check that would otherwise miss it."""
-    from partdistill.config.resolver import datasets_root
     from partdistill.data import synthetic
+    from partdistill.paths import datasets_root
 
     for cfg in configs:
         for dataset in dataset_needs(cfg):
@@ -120,33 +97,20 @@ def require(reports: list[LayoutReport]) -> list[LayoutReport]:
     return reports
 
 
-def check_partition(stage: DictConfig) -> None:
-    """A partitioned stage's `stage.partition` must be null (all) or one of 0..P-1."""
-    total, index = stage.num_partitions, stage.get("partition")
-    if index is not None and not 0 <= index < total:
-        raise ConfigError(f"stage.partition={index} is outside 0..{total - 1} (stage.num_partitions={total})")
-
-
 def preflight(configs: list[DictConfig]) -> None:
     """What must hold before any job of these configs runs or is submitted: every value in its range,
-    partition indices in range, every dataset they read in place (each checked once), every stage they
-    select implemented."""
-    from partdistill import stages  # stages imports this module
-
+    partition indices in range, every dataset they read in place (each checked once)."""
     for cfg in configs:
         ranges.check(cfg)
     write_synthetic(configs)
     needs: dict[str, list[str]] = {}
-    selected: set[str] = set()
     for cfg in configs:
         for name, stage in stages_to_run(cfg):
-            selected.add(name)
             if name in PARTITIONED:
-                check_partition(stage)
+                ranges.check_partition(stage)
         for dataset, splits in dataset_needs(cfg).items():
             _add_need(needs, dataset, splits)
     require([check(name, splits, only=True) for name, splits in needs.items()])
-    stages.require_stages(sorted(selected))
 
 
 def _jobs(name: str, stage: DictConfig) -> str:

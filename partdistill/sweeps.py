@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from partdistill.errors import ConfigError
-from partdistill.plan import PARTITIONED
+from partdistill.stages import PARTITIONED
 
 SHORTHAND = re.compile(r"^stage\.partition=(all|incomplete)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")

@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from partdistill.config import CONFIG_DIR
-from partdistill.plan import STAGES
+from partdistill.stages import STAGES
 
 GROUPS = ("data", "eval", "model", "stage", "experiment", "hydra/launcher")
 

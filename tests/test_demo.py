@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from partdistill.config.resolver import CHECKOUT
+from partdistill.paths import CHECKOUT
 
 DATA = "synthetic-s0-n32"
 REDUCED = [  # a third of the demo's training steps, half its images

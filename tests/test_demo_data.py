@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from partdistill import plan
-from partdistill.config.resolver import DatasetLayoutError
+from partdistill.data.missing import DatasetLayoutError
 from partdistill.data import catalog, synthetic
 from partdistill.data.layout import check_dataset
 from partdistill.evaluation.controls import oracle_parts, random_cells

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from partdistill.cli import main as cli
-from partdistill.config.resolver import CHECKOUT
+from partdistill.paths import CHECKOUT
 from partdistill.data import catalog, masks, part_imagenet, synthetic
 from partdistill.evaluation.predictions import PredictionError, group_by_image, read_predictions
 from partdistill.evaluation.saved import evaluate_saved

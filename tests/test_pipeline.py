@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from partdistill.config.resolver import CHECKOUT
+from partdistill.paths import CHECKOUT
 
 
 def command(*args: str, root) -> subprocess.CompletedProcess:

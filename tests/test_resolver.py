@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from partdistill import plan
-from partdistill.config.resolver import CHECKOUT, DatasetLayoutError, check, datasets_root, project_root
+from partdistill.paths import CHECKOUT, datasets_root, project_root
+from partdistill.data.missing import DatasetLayoutError, check
 
 
 def test_root_defaults_to_the_checkout(monkeypatch):

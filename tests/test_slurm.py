@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from partdistill.config.resolver import CHECKOUT
+from partdistill.paths import CHECKOUT
 
 SHIM = CHECKOUT / "scripts" / "sacct_shim"
 LAUNCH = CHECKOUT / "launch.py"

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.partdistill_launchers import launchers, submission
 from partdistill import config, sweeps
-from partdistill.config.resolver import CHECKOUT
+from partdistill.paths import CHECKOUT
 from partdistill.engine import distributed, preemption
 from partdistill.errors import ConfigError
 from partdistill.store import Store

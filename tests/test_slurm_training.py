@@ -26,7 +26,7 @@ import test_slurm as base
 import torch
 from safetensors.torch import load_file
 
-from partdistill.config.resolver import CHECKOUT
+from partdistill.paths import CHECKOUT
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(base.REASON is not None, reason=base.REASON or "")]
 

@@ -1,41 +1,25 @@
-"""Stage dispatch: the pipeline's order, and a clear stop for a stage that is not there."""
+"""Stage dispatch: the pipeline's order, the partitions, and how a multi-task job shares them out."""
 from __future__ import annotations
 
 import pytest
 
-from partdistill import plan, stages
+from partdistill import stages
+from partdistill.errors import ConfigError
 
 
 def test_pipeline_runs_the_stages_in_order(compose_cfg):
     cfg = compose_cfg("stage=pipeline")  # the method from COCO's instance model: no instance_training, no report
-    assert [name for name, _ in plan.stages_to_run(cfg)] == [s for s in plan.STAGE_ORDER if s not in
+    assert [name for name, _ in stages.stages_to_run(cfg)] == [s for s in stages.STAGE_ORDER if s not in
                                                             ("instance_training", "report")]
     cfg = compose_cfg("experiment=demo")
-    assert [name for name, _ in plan.stages_to_run(cfg)] == list(plan.STAGE_ORDER)
+    assert [name for name, _ in stages.stages_to_run(cfg)] == list(stages.STAGE_ORDER)
     cfg = compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping,evaluate]")
-    assert [name for name, s in plan.stages_to_run(cfg)] == ["pixel_grouping", "evaluate"]
+    assert [name for name, s in stages.stages_to_run(cfg)] == ["pixel_grouping", "evaluate"]
 
 
 def test_pipeline_rejects_unknown_stages(compose_cfg):
-    with pytest.raises(plan.ConfigError, match="unknown stages"):
-        plan.stages_to_run(compose_cfg("stage=pipeline", "stage.stages=[grouping]"))
-
-
-def test_a_missing_stage_module_is_a_plain_error():
-    with pytest.raises(stages.StageNotAvailable, match="stage 'no_such_stage' is not implemented in this version"):
-        stages.stage_module("no_such_stage")
-
-
-def test_pipeline_checks_every_stage_before_running_the_first(compose_cfg, monkeypatch):
-    ran = []
-    monkeypatch.setattr(stages, "available_stages", lambda: ["pixel_grouping"])
-    monkeypatch.setattr(stages, "stage_module", lambda name: type(
-        "Stage", (), {"run": staticmethod(lambda cfg: ran.append(cfg.stage.name))}))
-    with pytest.raises(stages.StageNotAvailable, match="stage 'part_ranking', 'distillation' are not implemented"):
-        stages.run(compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping,part_ranking,distillation]"))
-    assert ran == []
-    stages.run(compose_cfg("stage=pipeline", "stage.stages=[pixel_grouping]"))
-    assert ran == ["pixel_grouping"]  # each stage sees its own config as cfg.stage
+    with pytest.raises(ConfigError, match="unknown stages"):
+        stages.stages_to_run(compose_cfg("stage=pipeline", "stage.stages=[grouping]"))
 
 
 def test_a_partition_out_of_range_is_refused_before_anything_runs(compose_cfg, root):

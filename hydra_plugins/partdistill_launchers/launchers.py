@@ -36,7 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -60,7 +66,9 @@ class _CheckSweepFirst:
     `plan.preflight` over all job configs, then the real launch."""
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        from partdistill.config import apply_experiment  # lazy: plugin discovery imports this module
+        from partdistill.config import (
+            apply_experiment,  # lazy: plugin discovery imports this module
+        )
 
         apply_experiment(config, config.hydra.overrides.task)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -97,7 +105,7 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
         from submitit.core.utils import FailedJobError
 
         from partdistill import plan
-        from partdistill.config.resolver import project_root
+        from partdistill.paths import project_root
 
         assert self.config is not None and self.hydra_context is not None
         configs = self._check_sweep(job_overrides)
@@ -268,7 +276,7 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
                  initial_job_idx: int) -> list[JobReturn]:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        from partdistill import plan
+        from partdistill.stages import PARTITIONED
 
         results: list[JobReturn] = []
         problems: list[str] = []
@@ -298,7 +306,7 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
         if problems:
             lines = [f"partdistill: {len(problems)} of {len(jobs)} SLURM job(s) of this sweep did not complete:"]
             lines += [f"  {p}" for p in problems]
-            if any(cfg.stage.name in plan.PARTITIONED for cfg in configs):
+            if any(cfg.stage.name in PARTITIONED for cfg in configs):
                 lines.append("Complete shards are kept. After fixing the cause, resubmit only the incomplete "
                              "partitions:")
                 lines.append(f"  {resubmit_command(sys.argv)}")

@@ -83,7 +83,7 @@ def snapshot_folder(sweep_dir: Path) -> Path:
 
 def take_snapshot(target: Path) -> Path:
     """Copies the partdistill package, conf/ and the datasets' metadata to `target` (atomically)."""
-    from partdistill.config.resolver import CHECKOUT
+    from partdistill.paths import CHECKOUT
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -192,7 +192,7 @@ def ensure_job_states() -> None:
     answers submitit's query from `scontrol`, goes first on this process's PATH."""
     if accounting_works():
         return
-    from partdistill.config.resolver import CHECKOUT
+    from partdistill.paths import CHECKOUT
 
     shim = CHECKOUT / "scripts" / "sacct_shim"
     if (shim / "sacct").is_file() and os.access(shim / "sacct", os.X_OK):

@@ -4,10 +4,15 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from partdistill.config import ranges
-from partdistill.config.compose import apply_experiment, compose, suite_config
+from partdistill.config.compose import (
+    apply_experiment,
+    compose,
+    suite_config,
+    suite_dataset,
+)
 from partdistill.config.registry import CONFIG_DIR, register
 
-__all__ = ["CONFIG_DIR", "apply_experiment", "compose", "launcher_params", "ranges", "register", "suite_config"]
+__all__ = ["CONFIG_DIR", "apply_experiment", "compose", "launcher_params", "ranges", "register", "suite_config", "suite_dataset"]
 
 
 def launcher_params(cfg: DictConfig, hydra_cfg: DictConfig) -> dict:

@@ -115,3 +115,10 @@ def suite_config(suite: str, cfg: DictConfig) -> DictConfig:
     run = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     run.eval = _suite_node(suite)
     return run.eval
+
+
+def suite_dataset(suite: str, run_eval: DictConfig) -> tuple[str, list[str]]:
+    """The dataset and splits (scored, matched) of an evaluation suite named in stage.eval_suites, as
+    Hydra composes `eval=<suite>`, resolved against the run's config (`run_eval`: its composed `eval`)."""
+    node = suite_config(suite, run_eval._get_root())
+    return node.dataset, [node.split, node.match_split]

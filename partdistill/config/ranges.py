@@ -111,6 +111,13 @@ def _stages(plain: DictConfig) -> list[tuple[str, DictConfig]]:
     return [("stage", plain.stage)]
 
 
+def check_partition(stage: DictConfig) -> None:
+    """A partitioned stage's `stage.partition` must be null (all) or one of 0..P-1."""
+    total, index = stage.num_partitions, stage.get("partition")
+    if index is not None and not 0 <= index < total:
+        raise ConfigError(f"stage.partition={index} is outside 0..{total - 1} (stage.num_partitions={total})")
+
+
 def _stage_problems(where_stage: tuple[str, DictConfig], plain: DictConfig) -> list[str]:
     where, stage = where_stage
     aug = stage.get("augmentation")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from partdistill.config.resolver import CHECKOUT, project_root
 from partdistill.config.schema import SCHEMAS
+from partdistill.paths import CHECKOUT, project_root
 
 CONFIG_DIR = CHECKOUT / "conf"
 

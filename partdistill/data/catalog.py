@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from partdistill.config.resolver import DatasetLayoutError, project_root
 from partdistill.data.layout import KEYED_SYNTHETIC, check_dataset, family
+from partdistill.data.missing import DatasetLayoutError
+from partdistill.paths import project_root
 
 log = logging.getLogger(__name__)
 

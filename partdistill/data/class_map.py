@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from partdistill.config.resolver import CHECKOUT
 from partdistill.data.catalog import Metadata, parse_name
+from partdistill.paths import CHECKOUT
 
 log = logging.getLogger(__name__)
 COUNTERPARTS_PATH = CHECKOUT / "datasets" / "metadata" / "imagenet_counterparts.yaml"

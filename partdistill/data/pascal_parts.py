@@ -23,12 +23,12 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from partdistill.config.resolver import CHECKOUT
 from partdistill.data.catalog import Metadata
 from partdistill.data.folders import image_mismatch
 from partdistill.data.pascal_mat import MatLayoutError, MatObject, read_mat, write_mat
 from partdistill.data.planted import Scene, draw_scene
 from partdistill.data.records import SkipLog, object_record, part_record
+from partdistill.paths import CHECKOUT
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,12 @@ from typing import Sequence
 import numpy as np
 
 from partdistill.data.catalog import Metadata
-from partdistill.evaluation.samples import ObjectSample, Prediction, class_space, object_samples
+from partdistill.evaluation.samples import (
+    ObjectSample,
+    Prediction,
+    class_space,
+    object_samples,
+)
 
 THRESHOLDS_20THS = np.arange(10, 20)  # t = k / 20: 0.50, 0.55, ..., 0.95
 KINDS = ("AR", "AR-nonoverlap")

@@ -13,7 +13,12 @@ from partdistill.data.images import UnreadableImage, read_rgb
 from partdistill.evaluation.coco_ap import PartAPEvaluator
 from partdistill.evaluation.figures import Panel, save_grid
 from partdistill.evaluation.part_miou import PartMIoUEvaluator
-from partdistill.evaluation.predictions import PredictionError, group_by_image, read_predictions, to_prediction
+from partdistill.evaluation.predictions import (
+    PredictionError,
+    group_by_image,
+    read_predictions,
+    to_prediction,
+)
 from partdistill.evaluation.proposals import ProposalAREvaluator
 from partdistill.evaluation.report import write_results
 from partdistill.evaluation.samples import class_space, object_samples

@@ -12,8 +12,13 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.evaluation.report import MIOU_KEYS, SUPERVISED_KEYS, headline, write_table
 from partdistill.errors import ConfigError
+from partdistill.evaluation.report import (
+    MIOU_KEYS,
+    SUPERVISED_KEYS,
+    headline,
+    write_table,
+)
 
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:

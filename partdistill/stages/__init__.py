@@ -1,4 +1,4 @@
-"""Pipeline stages: `partdistill.stages.<name>.run(cfg) -> dict` for each stage in plan.STAGES.
+"""Pipeline stages: `partdistill.stages.<name>.run(cfg) -> dict` for each stage in STAGES.
 
 Stages never import each other; they meet through the pseudo-label store and checkpoints under
 `cfg.run_dir`, so each can run as its own job and resume.
@@ -6,45 +6,37 @@ Stages never import each other; they meet through the pseudo-label store and che
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from types import ModuleType
+import random
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, open_dict
 
-from partdistill.plan import STAGES, StageNotAvailable, stages_to_run
+from partdistill.engine.distributed import init_distributed
+from partdistill.errors import ConfigError
+
+STAGE_ORDER = ("instance_training", "object_masks", "pixel_grouping", "proposal_learning", "part_ranking",
+               "distillation", "evaluate", "report")
+STAGES = STAGE_ORDER + ("finetune",)
+PARTITIONED = ("object_masks", "pixel_grouping", "part_ranking")
 
 
-def available_stages() -> list[str]:
-    return [name for name in STAGES if importlib.util.find_spec(f"{__name__}.{name}") is not None]
-
-
-def require_stages(names: list[str]) -> None:
-    """Raises StageNotAvailable naming every stage in `names` that has no implementation."""
-    have = available_stages()
-    missing = [name for name in names if name not in have]
-    if missing:
-        which = "stage " + ", ".join(f"'{n}'" for n in missing) + (" is" if len(missing) == 1 else " are")
-        raise StageNotAvailable(
-            f"partdistill: {which} not implemented in this version of partdistill "
-            f"(implemented stages: {', '.join(have) or 'none yet'})."
-        )
-
-
-def stage_module(name: str) -> ModuleType:
-    require_stages([name])
-    return importlib.import_module(f"{__name__}.{name}")
+def stages_to_run(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(name, stage config) of each stage the config runs, in order."""
+    if cfg.stage.name == "pipeline":
+        unknown = [name for name in cfg.stage.stages if name not in STAGE_ORDER]
+        if unknown:
+            raise ConfigError(f"stage.stages names unknown stages {unknown}; the pipeline's stages are {STAGE_ORDER}")
+        return [(name, cfg.stage[name]) for name in cfg.stage.stages]
+    return [(cfg.stage.name, cfg.stage)]
 
 
 def run(cfg: DictConfig) -> dict[str, dict]:
     """Runs the selected stage, or every stage of the pipeline in order; returns each stage's result."""
-    from partdistill.engine.distributed import init_distributed
-
     selected = stages_to_run(cfg)
-    require_stages([name for name, _ in selected])  # all present before any runs
     # a job of several tasks (hydra.launcher.tasks_per_node / nodes, torchrun): training stages run as
     # one DDP group; partitioned stages share the selected partitions out among the ranks
     init_distributed()
-    modules = {name: stage_module(name) for name, _ in selected}
     results = {}
     for step, (name, stage_cfg) in enumerate(selected, 1):
         if len(selected) > 1:
@@ -53,16 +45,11 @@ def run(cfg: DictConfig) -> dict[str, dict]:
         with open_dict(stage_run_cfg):
             stage_run_cfg.stage = stage_cfg
         seed_everything(cfg.seed)  # a model built from config gets the same weights on every run
-        results[name] = modules[name].run(stage_run_cfg)
+        results[name] = importlib.import_module(f"{__name__}.{name}").run(stage_run_cfg)
     return results
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig
 
+from partdistill.config.ranges import check_partition
 from partdistill.errors import UserError
-from partdistill.plan import check_partition
 from partdistill.store import Store, class_key, partition_records
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.errors import UserError
+from partdistill.paths import project_root
 from partdistill.stages.common import device_of
 from partdistill.stages.training import score, suite_records, train
 from partdistill.store import Store, class_key
@@ -67,7 +67,7 @@ def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, b
                    limit: int | None = None, run_eval=None) -> dict:
     """{suite: part mIoU (majority mapping, learned on the suite's match split) of the class-conditioned
     parts} on each suite; `head` as written to head.json (classes, train_data, num_parts)."""
-    from partdistill.plan import suite_dataset
+    from partdistill.config import suite_dataset
 
     results = {}
     for suite in suites:

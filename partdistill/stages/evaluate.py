@@ -24,10 +24,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from partdistill.config.resolver import project_root
+from partdistill.errors import ConfigError
 from partdistill.evaluation.report import headline
 from partdistill.evaluation.saved import evaluate_saved
-from partdistill.errors import ConfigError
+from partdistill.paths import project_root
 from partdistill.stages.common import output_dir
 from partdistill.stages.trained_models import (
     find_head,

@@ -48,12 +48,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.engine.distributed import is_main_process
-from partdistill.errors import UserError
+from partdistill.errors import ConfigError, UserError
 from partdistill.io import write_json_atomic
-from partdistill.errors import ConfigError
+from partdistill.paths import project_root
 from partdistill.stages.common import device_of
 from partdistill.stages.training import score, score_proposals, split_records, train
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.engine.distributed import is_main_process
 from partdistill.errors import UserError
+from partdistill.paths import project_root
 from partdistill.stages.common import device_of
 from partdistill.stages.training import score, split_records, train
 

@@ -17,10 +17,15 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
-from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
+from partdistill.paths import project_root
+from partdistill.stages.common import (
+    device_of,
+    model_identity,
+    print_summary,
+    run_partitions,
+)
 from partdistill.store import Store, class_key
 
 STAGE = "object_masks"

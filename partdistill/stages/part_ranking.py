@@ -44,12 +44,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
 from partdistill.errors import UserError
 from partdistill.models import ranking
-from partdistill.stages.common import device_of, model_identity, print_summary, run_partitions
+from partdistill.paths import project_root
+from partdistill.stages.common import (
+    device_of,
+    model_identity,
+    print_summary,
+    run_partitions,
+)
 from partdistill.store import Store, class_key
 
 STAGE = "part_ranking"

@@ -23,12 +23,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
 from partdistill.engine.distributed import is_main_process
 from partdistill.models.grouping import GroupingParams, group_objects
-from partdistill.stages.common import device_of, model_identity, output_dir, print_summary, run_partitions
+from partdistill.paths import project_root
+from partdistill.stages.common import (
+    device_of,
+    model_identity,
+    output_dir,
+    print_summary,
+    run_partitions,
+)
 from partdistill.store import Store, class_key
 
 STAGE = "pixel_grouping"
@@ -139,8 +145,8 @@ def run(cfg: DictConfig) -> dict:
                   f"stage.kmeans.k={s.kmeans.k}): lower stage.kmeans.k, give a larger stage.image_size, or check "
                   f"the '{UPSTREAM}' store (partdistill store show {cfg.run_dir} {UPSTREAM})")
     if s.eval_suites and is_main_process() and not store.incomplete():  # once, when the store is whole
+        from partdistill.config import suite_dataset
         from partdistill.io import write_json_atomic
-        from partdistill.plan import suite_dataset
 
         scores = {}
         for suite in s.eval_suites:

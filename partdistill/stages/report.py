@@ -18,11 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.engine.hooks import flatten
 from partdistill.evaluation.report import markdown_table, write_table
 from partdistill.io import write_json_atomic
+from partdistill.paths import project_root
 
 log = logging.getLogger(__name__)
 STAGE = "report"

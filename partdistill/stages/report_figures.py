@@ -13,11 +13,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog, masks
 from partdistill.data.images import read_rgb
 from partdistill.evaluation.figures import Panel, save_grid
-from partdistill.evaluation.predictions import group_by_image, read_predictions, to_prediction
+from partdistill.evaluation.predictions import (
+    group_by_image,
+    read_predictions,
+    to_prediction,
+)
+from partdistill.paths import project_root
 from partdistill.store import Store, StoreMissing
 from partdistill.store.overlays import label_map
 
@@ -43,7 +47,11 @@ def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str
     `loaded` keeps each folder's (head, model), so the val figures and the journey load a model once."""
     from partdistill.models.inference import predict_records, proposals
     from partdistill.stages.common import device_of
-    from partdistill.stages.trained_models import find_head, load_trained_model, to_predictions_for
+    from partdistill.stages.trained_models import (
+        find_head,
+        load_trained_model,
+        to_predictions_for,
+    )
 
     if not (folder / "head.json").is_file():
         return None

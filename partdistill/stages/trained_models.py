@@ -8,8 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from partdistill.config.resolver import project_root
 from partdistill.errors import ConfigError
+from partdistill.paths import project_root
 from partdistill.stages.training import HEAD_FILE
 
 

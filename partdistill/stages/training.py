@@ -12,19 +12,18 @@ from typing import Callable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from partdistill.config.resolver import project_root
 from partdistill.data import catalog
 from partdistill.data.augmentation import collate
 from partdistill.data.images import loader_workers
 from partdistill.engine.distributed import is_main_process
 from partdistill.io import write_json_atomic
-
+from partdistill.paths import project_root
 
 
 def suite_records(suite: str, limit: int | None = None, split: int = 0, run_eval=None) -> tuple[str, list[dict]]:
     """(catalog name, records with annotations) of a suite's scored split (`split=1`: its match split);
     `run_eval`: the run's composed `eval` (plan.suite_dataset)."""
-    from partdistill.plan import suite_dataset
+    from partdistill.config import suite_dataset
 
     dataset, splits = suite_dataset(suite, run_eval)
     return split_records(f"{dataset}_{splits[split]}", limit)
@@ -71,7 +70,12 @@ def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: C
     model.weights=...`): {"kind": "proposals" | "conditioned_parts" | "semantic", "num_labels": N, ...};
     it is written to run_dir/<stage_name>/head.json with the model's config.
     """
-    from partdistill.engine.hooks import EvalHook, JSONLWriter, PeriodicCheckpointer, TensorBoardWriter
+    from partdistill.engine.hooks import (
+        EvalHook,
+        JSONLWriter,
+        PeriodicCheckpointer,
+        TensorBoardWriter,
+    )
     from partdistill.engine.sampler import ResumableSampler
     from partdistill.engine.solver import build_optimizer, build_scheduler
     from partdistill.engine.trainer import Trainer
