@@ -127,7 +127,7 @@ def report(args: argparse.Namespace) -> int:
 def store_show(args: argparse.Namespace) -> int:
     """Prints a stage's store: complete and incomplete shards, records, skipped; writes overlays."""
     from partdistill.store import Store
-    from partdistill.store.overlays import write_overlays
+    from partdistill.evaluation.pseudo_labels import write_overlays
 
     store = Store.open(Path(args.run_dir) / "store", args.stage)
     summary = store.summary()

@@ -12,8 +12,8 @@ import torch
 
 from partdistill import stages
 from partdistill.data import masks, synthetic
-from partdistill.models.inference import semantic
-from partdistill.models.mask2former import Batch
+from partdistill.stages.inference import semantic
+from partdistill.models.inputs import Batch
 from partdistill.errors import ConfigError
 from partdistill.stages import finetune
 

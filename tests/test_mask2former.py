@@ -14,10 +14,9 @@ from omegaconf import ListConfig, OmegaConf
 
 from partdistill.config import CONFIG_DIR
 from partdistill.errors import UserError
-from partdistill.models.mask2former import (
-    PIXEL_MEAN, PIXEL_STD, Batch, ModelConfigError, PretrainedUnavailable, _checked, backbone_features, build_model,
-    preprocess, top_instances,
-)
+from partdistill.models.inputs import PIXEL_MEAN, PIXEL_STD, Batch, preprocess
+from partdistill.models.mask2former import ModelConfigError, PretrainedUnavailable, _checked, build_model
+from partdistill.models.outputs import backbone_features, top_instances
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

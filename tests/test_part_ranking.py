@@ -119,7 +119,8 @@ def test_label_pass_selects_pairs_merges_labels_and_filters_by_hand():
 
 
 def test_the_query_feature_is_what_the_class_head_reads():
-    from partdistill.models.mask2former import build_model, preprocess
+    from partdistill.models.inputs import preprocess
+    from partdistill.models.mask2former import build_model
 
     model = build_model({"name": "tiny", "backbone": {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8],
                                                       "window_size": 4, "image_size": 64},

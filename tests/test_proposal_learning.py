@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from partdistill import stages
 from partdistill.data import synthetic
 from partdistill.data import augmentation
+from partdistill.models.inputs import to_model_sample
 from partdistill.stages import proposal_learning
 from partdistill.store import StoreMissing
 
@@ -156,5 +157,5 @@ def test_filters_and_targets_are_class_agnostic():
     items = proposal_learning.training_items([record], min_object_area_ratio=0.05, min_area_ratio=0.15)
     assert len(items) == 1 and len(items[0]["segments"]) == 1  # the small object and the 10% part are dropped
     assert proposal_learning.training_items([record], 1.0, 0.0) == []
-    sample = augmentation.to_model_sample(torch.zeros(3, 8, 8), torch.ones(3, 8, 8, dtype=torch.bool), (6, 8))
+    sample = to_model_sample(torch.zeros(3, 8, 8), torch.ones(3, 8, 8, dtype=torch.bool), (6, 8))
     assert sample["class_labels"].tolist() == [0, 0, 0] and sample["pixel_mask"][6:].sum() == 0

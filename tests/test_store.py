@@ -226,7 +226,7 @@ def test_store_show_counts_the_shards_and_draws_the_pseudo_labels(tmp_path, caps
 
     from partdistill import cli
     from partdistill.data import masks
-    from partdistill.store.overlays import label_map
+    from partdistill.evaluation.pseudo_labels import label_map
 
     image = tmp_path / "a.png"
     Image.fromarray(np.full((4, 6, 3), 200, np.uint8)).save(image)

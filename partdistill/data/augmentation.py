@@ -11,6 +11,8 @@ resume and in whichever DataLoader worker maps it.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -92,10 +94,12 @@ def augment(image: torch.Tensor, part_masks: torch.Tensor, aug, generator: torch
 class InstanceDataset(torch.utils.data.Dataset):
     """Training items {"file_name", "segments": [RLE, ...], "labels": [int, ...]} (optionally
     "object_class": int, passed on for class-conditioned heads), indexed by the sampler's (index, seed)
-    pairs; each returns the augmented model sample."""
+    pairs; each returns `to_sample(image, segment_masks, valid, labels)` of the augmented image, a
+    function the stage hands over (the model's input format, `models.inputs.to_model_sample`), as
+    detectron2's dataset mapper is handed to its loader."""
 
-    def __init__(self, items: list[dict], aug):
-        self.items, self.aug = items, aug
+    def __init__(self, items: list[dict], aug, to_sample: Callable[..., dict]):
+        self.items, self.aug, self.to_sample = items, aug, to_sample
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,29 +112,10 @@ class InstanceDataset(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(int(seed))
         image, segment_masks, valid, kept = augment(image, segment_masks, self.aug, generator)
         labels = torch.as_tensor(item["labels"], dtype=torch.int64)[kept]
-        sample = to_model_sample(image, segment_masks, valid, labels)
+        sample = self.to_sample(image, segment_masks, valid, labels)
         if "object_class" in item:
             sample["object_class"] = int(item["object_class"])
         return sample
-
-
-def to_model_sample(image: torch.Tensor, segment_masks: torch.Tensor, valid: tuple[int, int],
-                    labels: torch.Tensor | None = None) -> dict:
-    """Normalised, zero-padded pixel values, the valid-pixel mask, and the targets; `labels` None = all
-    0 (one class-agnostic "part" class)."""
-    from partdistill.models.mask2former import PIXEL_MEAN, PIXEL_STD
-
-    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
-    h, w = valid
-    pixel_values = torch.zeros_like(image)
-    pixel_values[:, :h, :w] = (image[:, :h, :w] - mean) / std
-    pixel_mask = torch.zeros(image.shape[-2:], dtype=torch.int64)
-    pixel_mask[:h, :w] = 1
-    if labels is None:
-        labels = torch.zeros(len(segment_masks), dtype=torch.int64)
-    return {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "mask_labels": segment_masks.float(),
-            "class_labels": labels}
 
 
 def collate(samples: list[dict]) -> dict:

@@ -11,14 +11,10 @@ unconditioned: over all K x C part logits, so its labels are global (class, part
 """
 from __future__ import annotations
 
-from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from partdistill.evaluation.samples import Prediction
-from partdistill.models.mask2former import Batch
 
 
 def normalize_queries(model) -> None:
@@ -94,55 +90,3 @@ def object_parts(class_logits: torch.Tensor, mask_logits: torch.Tensor, object_m
     won[winner[object_mask].unique()] = True
     best = torch.stack([scores[won & (labels == label)].max() for label in present]) if len(present) else scores[:0]
     return masks, present, best
-
-
-def parts_of_head(head: dict, metadata, dataset_name: str):
-    """`conditioned_parts` for a distillation model described by its head.json (training classes, the
-    data they came from, parts per class) on dataset `dataset_name` with `metadata`."""
-    from partdistill.data.class_map import training_classes
-
-    return conditioned_parts(training_classes(metadata, dataset_name, head["train_data"], head["classes"]),
-                             head["num_parts"])
-
-
-def conditioned_parts(object_classes: Sequence[int | None], num_parts: int, top_k: int = 200):
-    """to_predictions for `models.inference.predict_records`: the parts of every ground-truth object of
-    each record, conditioned on `object_classes[category_id]` (the training class of each dataset class)."""
-
-    def to_predictions(outputs, batch: Batch, records: Sequence[dict]) -> list[Prediction]:
-        from partdistill.data import masks as rle
-
-        padded = batch.pixel_values.shape[-2:]
-        predictions = []
-        for i, record in enumerate(records):
-            (h, w), original = batch.image_sizes[i], batch.original_sizes[i]
-            objects = [a for a in record["annotations"] if a.get("segmentation") is not None]
-            if not objects:
-                predictions.append(Prediction.empty(*original))
-                continue
-            logits = outputs.masks_queries_logits[i].float()[None]
-            logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[0, :, :h, :w]
-            logits = F.interpolate(logits[None], size=original, mode="bilinear", align_corners=False)[0]
-            all_masks, all_labels, all_scores = [], [], []
-            for annotation in objects:
-                mask = torch.from_numpy(rle.decode(annotation["segmentation"]).astype(bool)).to(logits.device)
-                ys, xs = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
-                if len(ys) == 0:
-                    continue
-                y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-                part_masks, labels, scores = object_parts(
-                    outputs.class_queries_logits[i], logits[:, y0:y1, x0:x1], mask[y0:y1, x0:x1],
-                    object_classes[annotation["category_id"]], num_parts, top_k)
-                full = torch.zeros((len(part_masks), *original), dtype=torch.bool, device=logits.device)
-                full[:, y0:y1, x0:x1] = part_masks
-                all_masks.append(full.cpu().numpy())
-                all_labels.append(labels.cpu().numpy())
-                all_scores.append(scores.cpu().numpy())
-            if not all_masks:
-                predictions.append(Prediction.empty(*original))
-                continue
-            predictions.append(Prediction(np.concatenate(all_masks), np.concatenate(all_labels).astype(np.int64),
-                                          np.concatenate(all_scores).astype(np.float32)))
-        return predictions
-
-    return to_predictions

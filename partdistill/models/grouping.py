@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from partdistill.models.kmeans import assignment_logits, kmeans
+from partdistill.models.outputs import image_logits
 
 
 @dataclass
@@ -80,10 +81,8 @@ def group_objects(
     for row, i in enumerate(keep):
         b, mask = objects[i]
         logits = assignment_logits(features[b].permute(1, 2, 0), result.centroids[row], params.metric)  # [Hf, Wf, K]
-        logits = F.interpolate(logits.permute(2, 0, 1)[None], size=padded, mode="bilinear", align_corners=False)
-        h, w = input_sizes[b]
-        logits = F.interpolate(logits[:, :, :h, :w], size=original_sizes[b], mode="bilinear", align_corners=False)
-        labels = logits[0].argmax(dim=0).cpu().numpy()
+        logits = image_logits(logits.permute(2, 0, 1), padded, input_sizes[b], original_sizes[b])  # [K, H, W]
+        labels = logits.argmax(dim=0).cpu().numpy()
         out[i] = np.where(mask, labels, -1)
     return out
 

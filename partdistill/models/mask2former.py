@@ -1,12 +1,9 @@
-"""Mask2Former (transformers) for the pipeline: built from `conf/model`, its input, features and top instances.
+"""Mask2Former (transformers) for the pipeline, built from `conf/model`.
 
-- `build_model` loads `model.pretrained` (a local folder or a hub id) or builds a randomly initialised
-  model from the config alone (`conf/model/tiny.yaml`), then `model.weights` (a partdistill
-  checkpoint file, checkpoints folder or run folder) when set.
-- `preprocess` is the paper's test input (method reference 2.1/2.2): resize to fit size x size,
-  ImageNet mean/std on the 0-255 scale, zero padding (after normalisation) to a multiple of 32.
-- `backbone_features` runs the backbone only (pixel grouping); `top_instances` ranks instances as
-  Mask2Former's instance post-processing does (object masks).
+`build_model` loads `model.pretrained` (a local folder or a hub id) or builds a randomly initialised
+model from the config alone (`conf/model/tiny.yaml`), then `model.weights` (a partdistill
+checkpoint file, checkpoints folder or run folder) when set. Its input: `models/inputs.py`; its
+outputs: `models/outputs.py`.
 """
 from __future__ import annotations
 
@@ -15,15 +12,10 @@ import dataclasses
 import difflib
 import inspect
 import logging
-import math
 import os
 import re
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,9 +24,6 @@ from partdistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-FEATURE_KEYS = ("res2", "res3", "res4", "res5")  # strides 4, 8, 16, 32 = the backbone's feature_maps[0..3]
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 DEFAULT_NUM_LABELS = 80  # COCO's thing classes, the head of the paper's instance model
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -199,100 +188,3 @@ def _quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-# ---------------------------------------------------------------------------------------------
-# Input
-
-
-@dataclass
-class Batch:
-    """Images ready for the model.
-
-    pixel_values: [B, 3, Hp, Wp] float32, normalised, zero-padded bottom/right; Hp, Wp multiples of 32.
-    pixel_mask: [B, Hp, Wp] int64, 1 on the image, 0 on the padding.
-    image_sizes: (h, w) of each resized image inside the padding.
-    original_sizes: (H, W) of each input image.
-    """
-
-    pixel_values: torch.Tensor
-    pixel_mask: torch.Tensor
-    image_sizes: list[tuple[int, int]]
-    original_sizes: list[tuple[int, int]]
-
-
-def preprocess(images: Sequence[np.ndarray], size: int = 640, size_divisibility: int = 32, device=None) -> Batch:
-    """Resize [H, W, 3] uint8 RGB images to fit size x size (detectron2's ResizeScale(1, 1, size, size):
-    small images are enlarged), normalise, and pad them to one shape divisible by `size_divisibility`."""
-    if not images:
-        raise ValueError("preprocess needs at least one image")
-    for image in images:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected [H, W, 3] uint8 RGB images, got {image.dtype} of shape {image.shape}")
-    originals = [tuple(image.shape[:2]) for image in images]
-    resized: list[torch.Tensor | None] = [None] * len(images)
-    for shape in dict.fromkeys(originals):  # images of one size are resized in one call
-        index = [i for i, s in enumerate(originals) if s == shape]
-        stack = torch.from_numpy(np.stack([images[i] for i in index])).to(device).permute(0, 3, 1, 2).float()
-        scale = size / max(shape)
-        out = (int(round(shape[0] * scale)), int(round(shape[1] * scale)))
-        # detectron2 resizes the uint8 image (PIL bilinear, antialiased when shrinking), hence round + clamp
-        stack = F.interpolate(stack, size=out, mode="bilinear", align_corners=False, antialias=scale < 1)
-        for i, image in zip(index, stack.round_().clamp_(0, 255)):
-            resized[i] = image
-    sizes = [tuple(image.shape[1:]) for image in resized]
-    height = math.ceil(max(h for h, _ in sizes) / size_divisibility) * size_divisibility
-    width = math.ceil(max(w for _, w in sizes) / size_divisibility) * size_divisibility
-    mean = torch.tensor(PIXEL_MEAN, device=device).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=device).view(3, 1, 1)
-    pixel_values = torch.zeros(len(images), 3, height, width, device=device)
-    pixel_mask = torch.zeros(len(images), height, width, dtype=torch.int64, device=device)
-    for i, (image, (h, w)) in enumerate(zip(resized, sizes)):
-        pixel_values[i, :, :h, :w] = (image - mean) / std
-        pixel_mask[i, :h, :w] = 1
-    return Batch(pixel_values, pixel_mask, sizes, originals)
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-
-
-def backbone_features(model, pixel_values: torch.Tensor, keys: Sequence[str] = ("res3", "res4")) -> dict:
-    """{key: [B, C_key, Hp / stride, Wp / stride]} from the backbone alone (no pixel or transformer decoder).
-
-    res2, res3, res4, res5 have strides 4, 8, 16, 32 of the [B, 3, Hp, Wp] input. Gradients follow the
-    caller's mode: wrap in torch.no_grad() for inference.
-    """
-    unknown = [key for key in keys if key not in FEATURE_KEYS]
-    if unknown:
-        raise ValueError(f"unknown feature key(s) {unknown}; valid: {', '.join(FEATURE_KEYS)}")
-    feature_maps = model.model.pixel_level_module.encoder(pixel_values).feature_maps
-    return {key: feature_maps[FEATURE_KEYS.index(key)] for key in keys}
-
-
-def top_instances(model_outputs, batch: Batch, k: int = 1) -> list[list[dict]]:
-    """Per image, its k most confident instances, best first: {"mask": [H, W] bool at the original size,
-    "score": float in [0, 1], "label": int}.
-
-    Scores as Mask2Former's instance inference: the query's best class probability (softmax without the
-    no-object class) times the mean sigmoid of its mask logits over the pixels where they are > 0, taken
-    on the image area of the padded input. Each query is one candidate (with its best class), so no
-    mask is returned twice.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    class_probs = model_outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # [B, Q, C]
-    class_scores, labels = class_probs.max(-1)  # [B, Q]
-    padded = batch.pixel_values.shape[-2:]
-    results = []
-    # One image at a time: Q masks at the input size ([Q, Hp, Wp]) is large for the paper's 200 queries.
-    for i, ((h, w), original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
-        logits = model_outputs.masks_queries_logits[i].float()[None]  # [1, Q, h/4, w/4] (padded input / 4)
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[0, :, :h, :w]
-        positive = (logits > 0).flatten(1).float()  # [Q, h * w]
-        mask_scores = (logits.sigmoid().flatten(1) * positive).sum(1) / (positive.sum(1) + 1e-6)
-        scores, order = (class_scores[i] * mask_scores).topk(min(k, len(mask_scores)))
-        masks = F.interpolate(logits[order][None], size=original, mode="bilinear", align_corners=False)[0] > 0
-        results.append([{"mask": mask.cpu().numpy(), "score": float(score), "label": int(label)}
-                        for mask, score, label in zip(masks, scores, labels[i, order])])
-    return results

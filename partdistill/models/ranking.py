@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from partdistill.models.kmeans import assignment_logits, kmeans
@@ -46,15 +45,6 @@ def query_features(model, outputs) -> Tensor:
 def foreground_probs(class_logits: Tensor) -> Tensor:
     """[..., Q, C+1] class logits -> [..., Q] P(not no-object) (with one class: P(part))."""
     return 1.0 - class_logits.float().softmax(-1)[..., -1]
-
-
-def mask_logits_at(logits: Tensor, padded: tuple[int, int], input_size: tuple[int, int],
-                   original: tuple[int, int]) -> Tensor:
-    """[N, Hp/4, Wp/4] mask logits of one image -> [N, H, W] at its original size (as `top_instances`:
-    bilinear to the padded input, crop the image, bilinear to the original size)."""
-    h, w = input_size
-    up = F.interpolate(logits.float()[None], size=padded, mode="bilinear", align_corners=False)[:, :, :h, :w]
-    return F.interpolate(up, size=original, mode="bilinear", align_corners=False)[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
                 limit: int | None, run_eval=None):
     """A PartMIoUEvaluator that has processed the model's parts on a suite's split (0 scored, 1 match)."""
     from partdistill.evaluation.part_miou import PartMIoUEvaluator
-    from partdistill.models.conditioned_head import parts_of_head
+    from partdistill.stages.inference import parts_of_head
 
     name, records = suite_records(suite, limit, split, run_eval)
     meta = catalog.metadata(name, project_root())
@@ -92,6 +92,7 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
 
 def run(cfg: DictConfig) -> dict:
     from partdistill.data.augmentation import InstanceDataset
+    from partdistill.models.inputs import to_model_sample
     from partdistill.engine.checkpoint import load_all_but_head
     from partdistill.models.conditioned_head import (
         conditioned_loss_terms,
@@ -125,7 +126,7 @@ def run(cfg: DictConfig) -> dict:
         return evaluate_parts(m, list(s.eval_suites), head, int(s.augmentation.base_size), device,
                               int(s.eval_batch_size), s.eval_images, cfg.eval)
 
-    return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), conditioned_loss_terms(num_parts),
+    return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation, to_model_sample), conditioned_loss_terms(num_parts),
                  evaluate if s.eval_suites else None,
                  {"images": len(items), "parts": sum(len(i["segments"]) for i in items), "classes": len(classes)},
                  head=head)

@@ -45,7 +45,7 @@ def write_model_predictions(cfg: DictConfig, model, head: dict, split: str, out:
     from partdistill.data import catalog
     from partdistill.evaluation.predictions import from_prediction
     from partdistill.io import write_text_atomic
-    from partdistill.models.inference import predict_records
+    from partdistill.stages.inference import predict_records
     from partdistill.stages.common import device_of
 
     name = f"{cfg.eval.dataset}_{split}"

@@ -145,7 +145,7 @@ def output_name(suite: str, head: str, fraction: float, subset_seed: int) -> str
 def evaluate_semantic(model, ev, size: int, device: torch.device, batch_size: int, limit: int | None = None) -> dict:
     """{suite: supervised mIoU, mACC, pixel_acc, per-part rows} of the model's semantic predictions."""
     from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
-    from partdistill.models.inference import semantic
+    from partdistill.stages.inference import semantic
 
     name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
     evaluator = SupervisedMIoUEvaluator(catalog.metadata(name, project_root()), _value(ev.object_class))
@@ -168,6 +168,7 @@ def _value(option) -> str:
 
 def run(cfg: DictConfig) -> dict:
     from partdistill.data.augmentation import InstanceDataset
+    from partdistill.models.inputs import to_model_sample
     from partdistill.models.losses import configure_loss, loss_terms
     from partdistill.models.mask2former import build_model
 
@@ -214,7 +215,7 @@ def run(cfg: DictConfig) -> dict:
     stage_name = f"{STAGE}/{output_name(ev.suite, head, fraction, int(s.subset_seed))}"
     summary = {"images": len(items), "images_with_parts": len(with_parts), "images_without_parts": len(skipped),
                "masks": sum(len(i["segments"]) for i in items)}
-    result = train(cfg, stage_name, model, InstanceDataset(items, s.augmentation), loss_terms, evaluate, summary,
+    result = train(cfg, stage_name, model, InstanceDataset(items, s.augmentation, to_model_sample), loss_terms, evaluate, summary,
                    head=head_info)
     if last and is_main_process():
         write_json_atomic(Path(cfg.run_dir) / stage_name / "eval_results.json",

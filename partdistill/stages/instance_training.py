@@ -50,7 +50,7 @@ def model_options(cfg: DictConfig) -> dict:
 def evaluate_instances(model, dataset: str, size: int, device, batch_size: int, limit: int | None = None) -> dict:
     """{dataset: top-instance IoU} of the model on a catalog split (e.g. synthetic_val)."""
     from partdistill.evaluation.instances import TopInstanceIoUEvaluator
-    from partdistill.models.inference import proposals
+    from partdistill.stages.inference import proposals
 
     name, records = split_records(dataset, limit)
     return {name: score(model, TopInstanceIoUEvaluator(), records, proposals(1), size, device, batch_size).evaluate()}
@@ -70,6 +70,7 @@ def export(model, folder: Path, class_names: list[str]) -> None:
 
 def run(cfg: DictConfig) -> dict:
     from partdistill.data.augmentation import InstanceDataset
+    from partdistill.models.inputs import to_model_sample
     from partdistill.models.losses import configure_loss, loss_terms
     from partdistill.models.mask2former import build_model
 
@@ -89,7 +90,7 @@ def run(cfg: DictConfig) -> dict:
         return evaluate_instances(m, scored, int(s.augmentation.base_size), device, int(s.eval_batch_size),
                                   s.eval_images)
 
-    result = train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), loss_terms, evaluate,
+    result = train(cfg, STAGE, model, InstanceDataset(items, s.augmentation, to_model_sample), loss_terms, evaluate,
                    {"images": len(items), "objects": sum(len(i["segments"]) for i in items)},
                    head={"kind": "instances", "num_labels": len(classes), "classes": classes})
     if is_main_process():

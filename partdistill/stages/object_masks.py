@@ -63,7 +63,8 @@ def _gt_objects(records: list[dict], shard) -> Counter:
 
 
 def _model_objects(cfg: DictConfig, model, records: list[dict], shard) -> Counter:
-    from partdistill.models.mask2former import preprocess, top_instances
+    from partdistill.models.inputs import preprocess
+    from partdistill.models.outputs import top_instances
 
     counts = Counter()
     s, device = cfg.stage, device_of(cfg)

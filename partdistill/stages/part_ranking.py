@@ -48,6 +48,7 @@ from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
 from partdistill.errors import UserError
 from partdistill.models import ranking
+from partdistill.models.outputs import image_logits
 from partdistill.paths import project_root
 from partdistill.stages.common import (
     device_of,
@@ -135,7 +136,7 @@ def identity(cfg: DictConfig, upstream_hash: str, weights: Path, iteration: int 
 
 def _forward(cfg: DictConfig, model, items: list[dict], desc: str):
     """(readable samples, skipped samples, Batch, outputs, features [B, Q, D], P(part) [B, Q]) per batch."""
-    from partdistill.models.mask2former import preprocess
+    from partdistill.models.inputs import preprocess
 
     s, device = cfg.stage, device_of(cfg)
     loader = image_loader(items, s.batch_size, cfg.data.num_workers)
@@ -163,8 +164,8 @@ def _object_masks(record: dict, size: tuple[int, int], device) -> tuple[list[dic
 
 
 def _logits(outputs, batch, b: int, queries: torch.Tensor) -> torch.Tensor:
-    return ranking.mask_logits_at(outputs.masks_queries_logits[b, queries], tuple(batch.pixel_values.shape[-2:]),
-                                  batch.image_sizes[b], batch.original_sizes[b])
+    return image_logits(outputs.masks_queries_logits[b, queries], batch.pixel_values.shape[-2:],
+                        batch.image_sizes[b], batch.original_sizes[b])
 
 
 def _cluster_features(cfg: DictConfig, model, items: list[dict], counts: Counter) -> dict[str, list[torch.Tensor]]:

@@ -53,7 +53,7 @@ def identity(cfg: DictConfig, upstream_hash: str) -> dict:
 
 def grouped_features(model, pixel_values: torch.Tensor, keys: list[str], normalize: bool) -> torch.Tensor:
     """[B, D, Hf, Wf]: the named backbone features on the first key's grid, concatenated."""
-    from partdistill.models.mask2former import backbone_features
+    from partdistill.models.outputs import backbone_features
 
     feats = backbone_features(model, pixel_values, keys=tuple(keys))
     grid = feats[keys[0]].shape[-2:]
@@ -71,7 +71,7 @@ def _refine(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, k: int, par
 
 
 def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: torch.Generator) -> dict:
-    from partdistill.models.mask2former import preprocess
+    from partdistill.models.inputs import preprocess
 
     s, device = cfg.stage, device_of(cfg)
     params = GroupingParams(k=s.kmeans.k, metric=s.metric.value, iters=s.kmeans.iters, tol=s.kmeans.tol,

@@ -73,6 +73,7 @@ def evaluate_proposals(model, suites, size: int, device: torch.device, batch_siz
 
 def run(cfg: DictConfig) -> dict:
     from partdistill.data.augmentation import InstanceDataset
+    from partdistill.models.inputs import to_model_sample
     from partdistill.models.losses import configure_loss, loss_terms
     from partdistill.models.mask2former import build_model
 
@@ -91,7 +92,7 @@ def run(cfg: DictConfig) -> dict:
         return evaluate_proposals(m, list(s.eval_suites), int(s.augmentation.base_size), device,
                                   int(s.eval_batch_size), s.eval_images, cfg.eval)
 
-    return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation), loss_terms,
+    return train(cfg, STAGE, model, InstanceDataset(items, s.augmentation, to_model_sample), loss_terms,
                  evaluate if s.eval_suites else None,
                  {"images": len(items), "parts": sum(len(i["segments"]) for i in items)},
                  head={"kind": "proposals", "num_labels": 1})

@@ -23,7 +23,7 @@ from partdistill.evaluation.predictions import (
 )
 from partdistill.paths import project_root
 from partdistill.store import Store, StoreMissing
-from partdistill.store.overlays import label_map
+from partdistill.evaluation.pseudo_labels import label_map
 
 
 def _gt_parts(record: dict) -> np.ndarray:
@@ -45,7 +45,7 @@ def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str
                 loaded: dict) -> list[np.ndarray] | None:
     """Label maps of a trained stage's model on `records`: proposals by rank (top 10), parts by label;
     `loaded` keeps each folder's (head, model), so the val figures and the journey load a model once."""
-    from partdistill.models.inference import predict_records, proposals
+    from partdistill.stages.inference import predict_records, proposals
     from partdistill.stages.common import device_of
     from partdistill.stages.trained_models import (
         find_head,
@@ -67,7 +67,7 @@ def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str
 
 
 def _instance_maps(cfg: DictConfig, records: list[dict]) -> list[np.ndarray] | None:
-    from partdistill.models.inference import predict_records, proposals
+    from partdistill.stages.inference import predict_records, proposals
     from partdistill.models.mask2former import build_model
     from partdistill.stages.common import device_of
 

@@ -47,7 +47,7 @@ def load_trained_model(cfg: DictConfig, weights: Path, head: dict):
 def to_predictions_for(head: dict, cfg: DictConfig, dataset_name: str):
     """The inference that turns this head's outputs into evaluator predictions on `dataset_name`."""
     from partdistill.data import catalog
-    from partdistill.models import inference
+    from partdistill.stages import inference
 
     kind = head["kind"]
     if kind == "proposals":
@@ -58,7 +58,7 @@ def to_predictions_for(head: dict, cfg: DictConfig, dataset_name: str):
                               f"scored on eval={cfg.eval.suite}: use eval=<its suite>")
         return inference.semantic()
     if kind == "conditioned_parts":
-        from partdistill.models.conditioned_head import parts_of_head
+        from partdistill.stages.inference import parts_of_head
 
         return parts_of_head(head, catalog.metadata(dataset_name, project_root()), dataset_name)
     raise ConfigError(f"unknown head kind {kind!r} in {HEAD_FILE}")

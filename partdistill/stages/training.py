@@ -38,7 +38,7 @@ def split_records(name: str, limit: int | None = None) -> tuple[str, list[dict]]
 def score(model, evaluator, records: list[dict], to_predictions, size: int, device: torch.device, batch_size: int):
     """Feeds the model's predictions on `records` (images fit into `size`, `batch_size` per forward pass)
     to `evaluator`; returns it."""
-    from partdistill.models.inference import predict_records
+    from partdistill.stages.inference import predict_records
 
     for chunk, predictions in predict_records(model, records, to_predictions, size, device, batch_size):
         evaluator.process(chunk, predictions)
@@ -50,7 +50,7 @@ def score_proposals(model, name: str, records: list[dict], size: int, device: to
     """AR@k and AR-nonoverlap@k of the model's top proposals on `records` of dataset `name`;
     `options` go to the ProposalAREvaluator (min_gt_iou, object_class)."""
     from partdistill.evaluation.proposals import ProposalAREvaluator
-    from partdistill.models.inference import proposals
+    from partdistill.stages.inference import proposals
 
     evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()), **options)
     return score(model, evaluator, records, proposals(max(evaluator.limits)), size, device, batch_size).evaluate()
