@@ -53,7 +53,8 @@ def best_of(repeat: int, fn, before=lambda: None) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=None, help="where the tree goes, kept for later runs (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="where the tree goes, kept for later runs (default: a temporary folder, removed afterwards)")
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=16)

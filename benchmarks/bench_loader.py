@@ -56,7 +56,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         items = make_items(Path(tmp), args.images, args.height, args.width)
         dataset = InstanceDataset(items, OmegaConf.structured(AugmentationConfig()))
-        decode_only = timed(lambda i: (read_rgb(items[i]["file_name"]), [masks.decode(r) for r in items[i]["segments"]]), items)
+        decode_only = timed(lambda i: (read_rgb(items[i]["file_name"]), [masks.decode(r) for r in items[i]["segments"]]),
+                            items)
         augmented = timed(lambda i: dataset[(i, 1000 + i)], items)
     print(f"{args.images} images of {args.width}x{args.height}, 4 parts each, 640 crops, one thread")
     print("| step | samples/s per worker | workers for 256 samples/s |")
