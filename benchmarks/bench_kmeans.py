@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs, for every method")
     parser.add_argument("--smoke", action="store_true", help="8 small objects: checks that it runs and agrees")
-    if parser.parse_known_args()[0].smoke:
-        parser.set_defaults(objects=8, dim=64, min_points=150, max_points=250)
+    if parser.parse_known_args()[0].smoke:  # one thread: it checks results, and idle threads spin on a busy machine
+        parser.set_defaults(objects=8, dim=64, min_points=150, max_points=250, threads=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--min-features", type=int, default=200, help="features per class: uniform in min..max")
     parser.add_argument("--max-features", type=int, default=3000)
     parser.add_argument("--smoke", action="store_true", help="8 small classes: checks that it runs and agrees")
-    if parser.parse_known_args()[0].smoke:
-        parser.set_defaults(classes=8, min_features=200, max_features=600)
+    if parser.parse_known_args()[0].smoke:  # one thread: it checks results, and idle threads spin on a busy machine
+        parser.set_defaults(classes=8, min_features=200, max_features=600, threads=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     features = make_classes(args.classes, args.seed, args.min_features, args.max_features)
