@@ -4,8 +4,11 @@ Builds (or reuses) a tree of empty `.JPEG` files in class folders, then times, i
 (a) `sorted(glob.glob("**/*.JPEG", recursive=True))`, the baseline (names only, no sizes), and
 (a+) the same plus one `os.stat` per file, which gives what the index holds; (b) `build_index` (parallel os.scandir, with sizes); (c) `cached_index` cold (scan + Parquet
 write); (d) `cached_index` warm (fingerprint + Parquet read). Each is the best of --repeat runs.
+The index must list the glob's files, and the reloaded index must equal the built one. `--smoke`
+does all of it on a tree of a few hundred files in a second (tests/test_benchmarks.py); its times
+mean nothing.
 
-    python benchmarks/bench_index.py --files 200000 --classes 1000
+    python benchmarks/bench_index.py --files 200000 --classes 1000 [--smoke]
 """
 from __future__ import annotations
 
@@ -50,14 +53,24 @@ def best_of(repeat: int, fn, before=lambda: None) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=None, help="where the tree goes (default: a new temp dir)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="where the tree goes, kept for later runs (default: a temporary folder, removed afterwards)")
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a tiny tree, one repeat: checks that it runs and agrees")
+    if parser.parse_known_args()[0].smoke:
+        parser.set_defaults(files=400, classes=8, workers=2, repeat=1)
     args = parser.parse_args()
+    if args.root:
+        run(args, args.root)
+    else:  # a tree nobody can reuse is not left behind (200,000 files at the default size)
+        with tempfile.TemporaryDirectory(prefix="bench_index_") as tmp:
+            run(args, Path(tmp))
 
-    root = args.root or Path(tempfile.mkdtemp(prefix="bench_index_"))
+
+def run(args: argparse.Namespace, root: Path) -> None:
     tree, cache = root / "tree", root / "cache"
     start = time.perf_counter()
     make_tree(tree, args.files, args.classes)
