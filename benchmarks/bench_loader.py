@@ -30,6 +30,7 @@ from partdistill.config.schema import AugmentationConfig
 from partdistill.data import masks, planted
 from partdistill.data.images import read_rgb
 from partdistill.data.augmentation import InstanceDataset
+from partdistill.models.inputs import to_model_sample
 
 
 def make_items(folder: Path, count: int, height: int, width: int) -> list[dict]:
@@ -74,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         items = make_items(Path(tmp), args.images, args.height, args.width)
         aug = OmegaConf.structured(AugmentationConfig())
-        dataset = InstanceDataset(items, aug)
+        dataset = InstanceDataset(items, aug, to_model_sample)
         decode = lambda i: (read_rgb(items[i]["file_name"]), [masks.decode(r) for r in items[i]["segments"]])  # noqa: E731
         decode_only = timed(decode, items)
         augmented = timed(lambda i: dataset[(i, 1000 + i)], items)
