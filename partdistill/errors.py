@@ -25,6 +25,34 @@ class DiskError(UserError):
     """A file partdistill must read or write hit a disk fault (full, read-only, no permission)."""
 
 
+class PredictionError(UserError, ValueError):
+    """A prediction file that cannot be scored; the message names the record index and the fix."""
+
+
+class ModelConfigError(UserError):
+    """A `model.*` option that is unknown or has a value the model cannot be built from."""
+
+
+class PretrainedUnavailable(UserError):
+    """`model.pretrained` names a folder that does not exist or a hub id that cannot be loaded."""
+
+
+class DenseCRFUnavailable(UserError):
+    """stage.dcrf.enabled=true without pydensecrf installed."""
+
+
+class AnnotationFileError(UserError, ValueError):
+    """A split's annotation file that cannot be used at all; the message names it and what is wrong."""
+
+
+class PrepareError(UserError):
+    """valtest cannot be made from what is on disk (the message says what and how to fix it)."""
+
+
+class UnknownDataset(UserError, KeyError):
+    """A dataset name (data.name, eval.dataset) that is no dataset: launch.py prints the message."""
+
+
 def user_error_of(exc: BaseException) -> UserError | None:
     """The UserError behind `exc` (resolvers and Hydra wrap what they raise), a disk fault as a DiskError,
     or None for a bug, which keeps its traceback."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from partdistill.data.folders import WNID, Checker
 from partdistill.data.planted import GENERATOR
-from partdistill.errors import UserError
+from partdistill.errors import UnknownDataset
 
 # a synthetic data set keyed by how it was made: `synthetic-s<seed>-n<images per split>`, written on demand
 KEYED_SYNTHETIC = re.compile(r"^synthetic-s(\d+)-n(\d+)$")
@@ -194,9 +194,6 @@ def generation(num_images: int, seed: int) -> dict:
     """What made a synthetic data set (written to its generation.json): equal entries, equal data."""
     return {"generator": GENERATOR, "seed": int(seed), "images_per_split": int(num_images)}
 
-
-class UnknownDataset(UserError, KeyError):
-    """A dataset name (data.name, eval.dataset) that is no dataset: launch.py prints the message."""
 
     def __str__(self) -> str:  # KeyError's own str() quotes the message
         return str(self.args[0])

@@ -23,7 +23,7 @@ from partdistill.data import coco, planted
 from partdistill.data.catalog import Metadata
 from partdistill.data.folders import image_mismatch
 from partdistill.data.records import SkipLog, object_record, part_record
-from partdistill.errors import UserError
+from partdistill.errors import AnnotationFileError, PrepareError
 from partdistill.io import write_json_atomic
 
 # the release's 11 supercategories and their parts, in category-id order (40 parts in all)
@@ -47,14 +47,6 @@ SYNTH_SYNSETS = {
     "val": {"n02085782": "Quadruped", "n01443537": "Fish", "n03100240": "Car", "n02835271": "Bicycle"},
     "test": {"n01531178": "Bird", "n04273569": "Boat", "n02690373": "Aeroplane", "n02823428": "Bottle"},
 }
-
-
-class AnnotationFileError(UserError, ValueError):
-    """A split's annotation file that cannot be used at all; the message names it and what is wrong."""
-
-
-class PrepareError(UserError):
-    """valtest cannot be made from what is on disk (the message says what and how to fix it)."""
 
 
 def wnid_of(file_name: str) -> str:

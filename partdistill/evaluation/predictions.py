@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from partdistill.data import masks
-from partdistill.errors import UserError
+from partdistill.errors import PredictionError
 from partdistill.evaluation.samples import Prediction
 
 FIX = "see the prediction format in partdistill/evaluation/predictions.py"
@@ -37,10 +37,6 @@ MAX_RUN_CHARS = 7  # 35 bits: enough for any run or run difference of an image b
 RLE_CHUNK = 4096  # counts strings parsed together
 RLE_FIX = "a segmentation is a COCO RLE {'size': [height, width], 'counts': str}, as pycocotools.mask.encode " \
           "writes it (counts decoded to str)"
-
-
-class PredictionError(UserError, ValueError):
-    """A prediction file that cannot be scored; the message names the record index and the fix."""
 
 
 def read_predictions(path: str | Path, max_label: int = MAX_LABEL, label_space: str = "cluster or part ids",

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from partdistill.errors import UserError
-
-
-class DenseCRFUnavailable(UserError):
-    """stage.dcrf.enabled=true without pydensecrf installed."""
+from partdistill.errors import DenseCRFUnavailable
 
 
 def require_dense_crf():

@@ -20,21 +20,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from partdistill.config.schema import BackboneConfig, ModelConfig
-from partdistill.errors import UserError
+from partdistill.errors import ModelConfigError, PretrainedUnavailable
 
 log = logging.getLogger(__name__)
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 DEFAULT_NUM_LABELS = 80  # COCO's thing classes, the head of the paper's instance model
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-class ModelConfigError(UserError):
-    """A `model.*` option that is unknown or has a value the model cannot be built from."""
-
-
-class PretrainedUnavailable(UserError):
-    """`model.pretrained` names a folder that does not exist or a hub id that cannot be loaded."""
 
 
 # ---------------------------------------------------------------------------------------------
