@@ -8,6 +8,8 @@ function: `proposals` (class-agnostic top-k masks), `semantic` (one mask per cla
 """
 from __future__ import annotations
 
+import logging
+
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -16,21 +18,30 @@ import torch.nn.functional as F
 
 from partdistill.data import masks as rle
 from partdistill.data.class_map import training_classes
-from partdistill.data.images import read_rgb
+from partdistill.data.images import image_loader
 from partdistill.evaluation.samples import Prediction
 from partdistill.models.conditioned_head import object_parts
 from partdistill.models.inputs import Batch, preprocess
 from partdistill.models.outputs import image_logits, top_instances
 
+log = logging.getLogger(__name__)
 ToPredictions = Callable[[object, Batch, Sequence[dict]], list[Prediction]]
 
 
 def predict_records(model, records: Sequence[dict], to_predictions: ToPredictions, size: int,
-                    device: torch.device, batch_size: int = 2) -> Iterator[tuple[list[dict], list[Prediction]]]:
-    """(records, their predictions) per batch of `batch_size` images resized to fit `size`."""
-    for start in range(0, len(records), batch_size):
-        chunk = list(records[start:start + batch_size])
-        batch = preprocess([read_rgb(r["file_name"]) for r in chunk], size=size, device=device)
+                    device: torch.device, batch_size: int = 2,
+                    workers: int | None = None) -> Iterator[tuple[list[dict], list[Prediction]]]:
+    """(records, their predictions) per batch of `batch_size` images resized to fit `size`, read by the
+    same loader as the partitioned stages' (`workers` processes; null: one per CPU, at most 8). An
+    unreadable image is left out of its batch (so out of the scores) and named in the log."""
+    for readable, skipped in image_loader(records, batch_size, workers):
+        if skipped:
+            log.warning("%d unreadable image(s) left out: %s", len(skipped),
+                        "; ".join(f"{s['record']['file_name']} ({s['skipped']})" for s in skipped))
+        if not readable:
+            continue
+        chunk = [sample["record"] for sample in readable]
+        batch = preprocess([sample["image"] for sample in readable], size=size, device=device)
         with torch.no_grad():
             outputs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask)
         yield chunk, to_predictions(outputs, batch, chunk)

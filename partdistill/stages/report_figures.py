@@ -60,10 +60,12 @@ def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str
         loaded[folder] = head, load_trained_model(cfg, folder, head)
     head, model = loaded[folder]
     to_predictions = proposals(10) if kind == "proposals" else to_predictions_for(head, cfg, dataset)
-    maps = []
-    for _, predictions in predict_records(model, records, to_predictions, int(head["image_size"]), device_of(cfg), 8):
-        maps += [p.winner_map() if kind == "proposals" else p.label_map() for p in predictions]
-    return maps
+    maps = {}
+    for chunk, predictions in predict_records(model, records, to_predictions, int(head["image_size"]),
+                                              device_of(cfg), 8):
+        maps |= {r["image_id"]: p.winner_map() if kind == "proposals" else p.label_map()
+                 for r, p in zip(chunk, predictions)}
+    return [maps.get(r["image_id"]) for r in records]  # None: the image could not be read
 
 
 def _instance_maps(cfg: DictConfig, records: list[dict]) -> list[np.ndarray] | None:
@@ -77,8 +79,10 @@ def _instance_maps(cfg: DictConfig, records: list[dict]) -> list[np.ndarray] | N
         return None
     model = build_model(options).eval().to(device_of(cfg))
     size = int(model.config.backbone_config.image_size)
-    return [p.label_map() if len(p.masks) else np.full(p.masks.shape[1:], -1)
-            for _, preds in predict_records(model, records, proposals(1), size, device_of(cfg), 8) for p in preds]
+    maps = {r["image_id"]: p.label_map() if len(p.masks) else np.full(p.masks.shape[1:], -1)
+            for chunk, preds in predict_records(model, records, proposals(1), size, device_of(cfg), 8)
+            for r, p in zip(chunk, preds)}
+    return [maps.get(r["image_id"]) for r in records]  # None: the image could not be read
 
 
 def _store_maps(run_dir: Path, stage: str, image_ids: list) -> dict:
