@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from omegaconf import DictConfig
 
 from partdistill.config import ranges, suite_dataset
+from partdistill.data import synthetic
 from partdistill.data.layout import LayoutReport
 from partdistill.data.missing import DatasetLayoutError, check
 from partdistill.errors import ConfigError, user_error_of
-from partdistill.paths import describe_root
+from partdistill.paths import datasets_root, describe_root
 from partdistill.stages import PARTITIONED, stages_to_run
 
 # what each stage reads: the training data (data=), the suite (eval=), the suites in stage.eval_suites
@@ -81,9 +82,6 @@ def check_datasets(cfg: DictConfig) -> list[LayoutReport]:
 def write_synthetic(configs: list[DictConfig]) -> None:
     """Writes every keyed synthetic set (synthetic-s<seed>-n<images>) these configs read that is not on
     disk yet: the demo's data, made before the layout check that would otherwise miss it."""
-    from partdistill.data import synthetic
-    from partdistill.paths import datasets_root
-
     for cfg in configs:
         for dataset in dataset_needs(cfg):
             synthetic.ensure(dataset, datasets_root())

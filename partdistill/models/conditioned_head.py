@@ -11,10 +11,10 @@ unconditioned: over all K x C part logits, so its labels are global (class, part
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
+from partdistill.models.losses import build_criterion, configure_loss, unwrap
 
 
 def normalize_queries(model) -> None:
@@ -32,8 +32,6 @@ def slice_logits(class_logits: torch.Tensor, object_classes: torch.Tensor, num_p
 
 def configure_conditioned_loss(model, loss_cfg, num_parts: int) -> None:
     """The stage's loss weights on a criterion of K + 1 classes (the sliced logits), not the head's K x C + 1."""
-    from partdistill.models.losses import build_criterion, configure_loss
-
     configure_loss(model, loss_cfg)
     config = model.config.__class__.from_dict(model.config.to_dict())
     config.num_labels = num_parts
@@ -42,8 +40,6 @@ def configure_conditioned_loss(model, loss_cfg, num_parts: int) -> None:
 
 def conditioned_loss_terms(num_parts: int):
     """A loss_fn for the engine: Mask2Former's weighted terms on the logits sliced by batch["object_classes"]."""
-    from partdistill.models.losses import unwrap
-
     def loss_terms(model, batch: dict) -> dict[str, torch.Tensor]:
         outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
         classes = batch["object_classes"]

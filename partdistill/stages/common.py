@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from partdistill.config.ranges import check_partition
+from partdistill.engine.distributed import environment
 from partdistill.errors import UserError
 from partdistill.store import Store, class_key, partition_records
 
@@ -22,8 +23,6 @@ log = logging.getLogger(__name__)
 
 def device_of(cfg: DictConfig) -> torch.device:
     """`cfg.device`; auto = this process's GPU (its local rank's, in a job of several tasks), else the CPU."""
-    from partdistill.engine.distributed import environment
-
     if cfg.device == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -49,8 +48,6 @@ def model_identity(cfg: DictConfig) -> dict:
 def partitions_to_run(stage: DictConfig) -> list[int]:
     """Partition `stage.partition`, or all of 0..P-1 when it is null; in a job of several tasks each
     rank takes every world_size-th of them (rank r: the r-th, (r + world_size)-th, ...)."""
-    from partdistill.engine.distributed import environment
-
     check_partition(stage)
     selected = list(range(stage.num_partitions)) if stage.partition is None else [stage.partition]
     env = environment()

@@ -27,10 +27,22 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from partdistill.config import suite_dataset
 from partdistill.data import catalog
+from partdistill.data.augmentation import InstanceDataset
+from partdistill.engine.checkpoint import load_all_but_head
 from partdistill.errors import UserError
+from partdistill.evaluation.part_miou import PartMIoUEvaluator
+from partdistill.models.conditioned_head import (
+    conditioned_loss_terms,
+    configure_conditioned_loss,
+    normalize_queries,
+)
+from partdistill.models.inputs import to_model_sample
+from partdistill.models.mask2former import build_model
 from partdistill.paths import project_root
 from partdistill.stages.common import device_of
+from partdistill.stages.inference import parts_of_head
 from partdistill.stages.training import score, suite_records, train
 from partdistill.store import Store, class_key
 
@@ -67,8 +79,6 @@ def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, b
                    limit: int | None = None, run_eval=None) -> dict:
     """{suite: part mIoU (majority mapping, learned on the suite's match split) of the class-conditioned
     parts} on each suite; `head` as written to head.json (classes, train_data, num_parts)."""
-    from partdistill.config import suite_dataset
-
     results = {}
     for suite in suites:
         _, (split, match_split) = suite_dataset(suite, run_eval)
@@ -81,9 +91,6 @@ def evaluate_parts(model, suites, head: dict, size: int, device: torch.device, b
 def score_parts(model, suite: str, split: int, head: dict, size: int, device: torch.device, batch_size: int,
                 limit: int | None, run_eval=None):
     """A PartMIoUEvaluator that has processed the model's parts on a suite's split (0 scored, 1 match)."""
-    from partdistill.evaluation.part_miou import PartMIoUEvaluator
-    from partdistill.stages.inference import parts_of_head
-
     name, records = suite_records(suite, limit, split, run_eval)
     meta = catalog.metadata(name, project_root())
     return score(model, PartMIoUEvaluator(meta, "majority", "synset"), records, parts_of_head(head, meta, name),
@@ -91,16 +98,6 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
 
 
 def run(cfg: DictConfig) -> dict:
-    from partdistill.data.augmentation import InstanceDataset
-    from partdistill.models.inputs import to_model_sample
-    from partdistill.engine.checkpoint import load_all_but_head
-    from partdistill.models.conditioned_head import (
-        conditioned_loss_terms,
-        configure_conditioned_loss,
-        normalize_queries,
-    )
-    from partdistill.models.mask2former import build_model
-
     s = cfg.stage
     run_dir = Path(cfg.run_dir)
     store = Store.open(run_dir / "store", UPSTREAM)  # StoreMissing names the stage to run first

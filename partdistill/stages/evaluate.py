@@ -24,11 +24,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from partdistill.data import catalog
 from partdistill.errors import ConfigError
+from partdistill.evaluation.predictions import from_prediction
 from partdistill.evaluation.report import headline
 from partdistill.evaluation.saved import evaluate_saved
+from partdistill.io import write_text_atomic
 from partdistill.paths import project_root
-from partdistill.stages.common import output_dir
+from partdistill.stages.common import device_of, output_dir
+from partdistill.stages.inference import predict_records
 from partdistill.stages.trained_models import (
     find_head,
     load_trained_model,
@@ -41,12 +45,6 @@ log = logging.getLogger(__name__)
 def write_model_predictions(cfg: DictConfig, model, head: dict, split: str, out: Path) -> Path:
     """Runs the model over a split of the suite's dataset; writes predictions-<split>.jsonl atomically."""
     from tqdm import tqdm
-
-    from partdistill.data import catalog
-    from partdistill.evaluation.predictions import from_prediction
-    from partdistill.io import write_text_atomic
-    from partdistill.stages.inference import predict_records
-    from partdistill.stages.common import device_of
 
     name = f"{cfg.eval.dataset}_{split}"
     records = catalog.load(name, project_root())

@@ -49,11 +49,18 @@ import torch
 from omegaconf import DictConfig
 
 from partdistill.data import catalog, masks
+from partdistill.data.augmentation import InstanceDataset
+from partdistill.engine.checkpoint import load_all_but_head
 from partdistill.engine.distributed import is_main_process
 from partdistill.errors import ConfigError, UserError
+from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
 from partdistill.io import write_json_atomic
+from partdistill.models.inputs import to_model_sample
+from partdistill.models.losses import configure_loss, loss_terms
+from partdistill.models.mask2former import build_model
 from partdistill.paths import project_root
 from partdistill.stages.common import device_of
+from partdistill.stages.inference import semantic
 from partdistill.stages.training import score, score_proposals, split_records, train
 
 STAGE = "finetune"
@@ -144,9 +151,6 @@ def output_name(suite: str, head: str, fraction: float, subset_seed: int) -> str
 
 def evaluate_semantic(model, ev, size: int, device: torch.device, batch_size: int, limit: int | None = None) -> dict:
     """{suite: supervised mIoU, mACC, pixel_acc, per-part rows} of the model's semantic predictions."""
-    from partdistill.evaluation.supervised import SupervisedMIoUEvaluator
-    from partdistill.stages.inference import semantic
-
     name, records = split_records(f"{ev.dataset}_{ev.split}", limit)
     evaluator = SupervisedMIoUEvaluator(catalog.metadata(name, project_root()), _value(ev.object_class))
     return {ev.suite: score(model, evaluator, records, semantic(), size, device, batch_size).evaluate()}
@@ -167,11 +171,6 @@ def _value(option) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    from partdistill.data.augmentation import InstanceDataset
-    from partdistill.models.inputs import to_model_sample
-    from partdistill.models.losses import configure_loss, loss_terms
-    from partdistill.models.mask2former import build_model
-
     s, ev = cfg.stage, cfg.eval
     head, fraction = _value(s.head), check_fraction(s.fraction)
     if head not in HEADS:
@@ -200,8 +199,6 @@ def run(cfg: DictConfig) -> dict:
     device, size = device_of(cfg), int(s.augmentation.base_size)
     model = build_model(cfg.model, num_labels=num_labels)
     if s.init_from is not None:
-        from partdistill.engine.checkpoint import load_all_but_head
-
         head_info["init_from"] = str(load_all_but_head(model, s.init_from))
     configure_loss(model, s.loss)
     scorer = evaluate_semantic if head == "semseg" else evaluate_proposals

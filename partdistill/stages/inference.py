@@ -9,7 +9,6 @@ function: `proposals` (class-agnostic top-k masks), `semantic` (one mask per cla
 from __future__ import annotations
 
 import logging
-
 from typing import Callable, Iterator, Sequence
 
 import numpy as np

@@ -19,6 +19,9 @@ from tqdm import tqdm
 
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
+from partdistill.models.inputs import preprocess
+from partdistill.models.mask2former import build_model
+from partdistill.models.outputs import top_instances
 from partdistill.paths import project_root
 from partdistill.stages.common import (
     device_of,
@@ -63,9 +66,6 @@ def _gt_objects(records: list[dict], shard) -> Counter:
 
 
 def _model_objects(cfg: DictConfig, model, records: list[dict], shard) -> Counter:
-    from partdistill.models.inputs import preprocess
-    from partdistill.models.outputs import top_instances
-
     counts = Counter()
     s, device = cfg.stage, device_of(cfg)
     loader = image_loader(records, s.batch_size, cfg.data.num_workers)
@@ -99,8 +99,6 @@ def run(cfg: DictConfig) -> dict:
     if s.source.value == "gt":
         result = run_partitions(store, s, records, lambda index, part, shard: _gt_objects(part, shard))
     else:
-        from partdistill.models.mask2former import build_model
-
         model = build_model(cfg.model).eval().to(device_of(cfg))
         result = run_partitions(store, s, records, lambda index, part, shard: _model_objects(cfg, model, part, shard))
     result = {"images": 0, "objects": 0, "skipped": 0, **result}

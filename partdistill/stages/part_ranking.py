@@ -46,8 +46,11 @@ from tqdm import tqdm
 
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
+from partdistill.engine.checkpoint import load_model_file, resolve_model_file
 from partdistill.errors import UserError
 from partdistill.models import ranking
+from partdistill.models.inputs import preprocess
+from partdistill.models.mask2former import build_model
 from partdistill.models.outputs import image_logits
 from partdistill.paths import project_root
 from partdistill.stages.common import (
@@ -71,8 +74,6 @@ RECORD_KEYS = ("image_id", "file_name", "height", "width", "class_key", "class_i
 def proposal_weights(cfg: DictConfig) -> tuple[Path, int | None]:
     """The proposal model's weights file and its iteration: `model.weights` (file, checkpoints folder or
     run folder) when set, else the newest checkpoint of run_dir/proposal_learning."""
-    from partdistill.engine.checkpoint import resolve_model_file
-
     if cfg.model.weights:
         path = resolve_model_file(Path(cfg.model.weights).expanduser())
     else:
@@ -100,9 +101,6 @@ def _iteration(path: Path) -> int | None:
 
 def load_proposal_model(cfg: DictConfig, weights: Path):
     """The one-class proposal Mask2Former of `cfg.model` with `weights` loaded (once)."""
-    from partdistill.engine.checkpoint import load_model_file
-    from partdistill.models.mask2former import build_model
-
     options = OmegaConf.to_container(cfg.model, resolve=True)
     options["weights"] = None  # loaded below, from the file the store identity names
     model = build_model(options, num_labels=1)
@@ -136,8 +134,6 @@ def identity(cfg: DictConfig, upstream_hash: str, weights: Path, iteration: int 
 
 def _forward(cfg: DictConfig, model, items: list[dict], desc: str):
     """(readable samples, skipped samples, Batch, outputs, features [B, Q, D], P(part) [B, Q]) per batch."""
-    from partdistill.models.inputs import preprocess
-
     s, device = cfg.stage, device_of(cfg)
     loader = image_loader(items, s.batch_size, cfg.data.num_workers)
     for readable, skipped in tqdm(loader, desc=desc, unit="batch", disable=None):

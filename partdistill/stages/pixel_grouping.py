@@ -23,10 +23,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from partdistill.config import suite_dataset
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
 from partdistill.engine.distributed import is_main_process
+from partdistill.evaluation.saved import evaluate_saved
+from partdistill.io import write_json_atomic
+from partdistill.models.dcrf import dense_crf, require_dense_crf
 from partdistill.models.grouping import GroupingParams, group_objects
+from partdistill.models.inputs import preprocess
+from partdistill.models.mask2former import build_model
+from partdistill.models.outputs import backbone_features
 from partdistill.paths import project_root
 from partdistill.stages.common import (
     device_of,
@@ -53,8 +60,6 @@ def identity(cfg: DictConfig, upstream_hash: str) -> dict:
 
 def grouped_features(model, pixel_values: torch.Tensor, keys: list[str], normalize: bool) -> torch.Tensor:
     """[B, D, Hf, Wf]: the named backbone features on the first key's grid, concatenated."""
-    from partdistill.models.outputs import backbone_features
-
     feats = backbone_features(model, pixel_values, keys=tuple(keys))
     grid = feats[keys[0]].shape[-2:]
     stacked = torch.cat([F.interpolate(feats[k], size=grid, mode="bilinear", align_corners=False)
@@ -64,15 +69,11 @@ def grouped_features(model, pixel_values: torch.Tensor, keys: list[str], normali
 
 def _refine(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, k: int, params) -> np.ndarray:
     """Dense-CRF smoothing of one object's labels (0 = background, 1..k = clusters), back to -1 outside."""
-    from partdistill.models.dcrf import dense_crf
-
     refined = dense_crf(image, np.where(mask, labels + 1, 0), k + 1, params)
     return np.where(mask & (refined > 0), refined - 1, -1)
 
 
 def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: torch.Generator) -> dict:
-    from partdistill.models.inputs import preprocess
-
     s, device = cfg.stage, device_of(cfg)
     params = GroupingParams(k=s.kmeans.k, metric=s.metric.value, iters=s.kmeans.iters, tol=s.kmeans.tol,
                             init=s.kmeans.init, n_init=s.kmeans.n_init)
@@ -117,12 +118,8 @@ def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: to
 
 
 def run(cfg: DictConfig) -> dict:
-    from partdistill.models.mask2former import build_model
-
     s = cfg.stage
     if s.dcrf.enabled:  # before any work: a missing extra must not surface after hours of grouping
-        from partdistill.models.dcrf import require_dense_crf
-
         require_dense_crf()
     if s.evaluate:
         ev = cfg.eval
@@ -145,9 +142,6 @@ def run(cfg: DictConfig) -> dict:
                   f"stage.kmeans.k={s.kmeans.k}): lower stage.kmeans.k, give a larger stage.image_size, or check "
                   f"the '{UPSTREAM}' store (partdistill store show {cfg.run_dir} {UPSTREAM})")
     if s.eval_suites and is_main_process() and not store.incomplete():  # once, when the store is whole
-        from partdistill.config import suite_dataset
-        from partdistill.io import write_json_atomic
-
         scores = {}
         for suite in s.eval_suites:
             dataset, (split, _) = suite_dataset(suite, cfg.eval)
@@ -172,10 +166,6 @@ class _Collector:
 def evaluate_grouping(cfg: DictConfig, dataset: str, out: Path, suite: str) -> dict:
     """The paper's pixel-grouping evaluation: clusters of the GT objects of catalog split `dataset` as
     proposals, scored by part AR; predictions, metrics and overlays go to `out`."""
-    from partdistill.evaluation.saved import evaluate_saved
-    from partdistill.io import write_json_atomic
-    from partdistill.models.mask2former import build_model
-
     ev = cfg.eval
     items = [{**r, "class_key": class_key(r), "class_id": None,
               "objects": [{"segmentation": a["segmentation"], "score": 1.0, "category_id": a["category_id"]}

@@ -24,7 +24,11 @@ import torch
 from omegaconf import DictConfig
 
 from partdistill.data import masks
+from partdistill.data.augmentation import InstanceDataset
 from partdistill.errors import UserError
+from partdistill.models.inputs import to_model_sample
+from partdistill.models.losses import configure_loss, loss_terms
+from partdistill.models.mask2former import build_model
 from partdistill.stages.common import device_of
 from partdistill.stages.training import score_proposals, suite_records, train
 from partdistill.store import Store
@@ -72,11 +76,6 @@ def evaluate_proposals(model, suites, size: int, device: torch.device, batch_siz
 
 
 def run(cfg: DictConfig) -> dict:
-    from partdistill.data.augmentation import InstanceDataset
-    from partdistill.models.inputs import to_model_sample
-    from partdistill.models.losses import configure_loss, loss_terms
-    from partdistill.models.mask2former import build_model
-
     s = cfg.stage
     store = Store.open(Path(cfg.run_dir) / "store", UPSTREAM)  # StoreMissing names the stage to run first
     items = training_items(store.records(), s.min_object_area_ratio, s.min_area_ratio)

@@ -20,9 +20,12 @@ from omegaconf import DictConfig
 
 from partdistill.data import catalog
 from partdistill.engine.hooks import flatten
+from partdistill.evaluation.controls import oracle_parts, random_cells
 from partdistill.evaluation.report import markdown_table, write_table
+from partdistill.evaluation.saved import evaluate_saved
 from partdistill.io import write_json_atomic
 from partdistill.paths import project_root
+from partdistill.stages.report_figures import write_figures
 
 log = logging.getLogger(__name__)
 STAGE = "report"
@@ -56,9 +59,6 @@ def stage_rows(run_dir: Path, suite: str) -> list[dict]:
 
 def control_rows(dataset: str, k: int, seeds: int, out: Path) -> list[dict]:
     """Random (mean over `seeds` seeds) and oracle C-mIoU / A-mIoU on catalog split `dataset`."""
-    from partdistill.evaluation.controls import oracle_parts, random_cells
-    from partdistill.evaluation.saved import evaluate_saved
-
     records = [r for r in catalog.load(dataset, project_root()) if r["annotations"]]
     scored = {"random": [], "oracle": []} if seeds else {"oracle": []}
     for name, predictions in [*((f"random-s{s}", random_cells(records, k, s)) for s in range(seeds)),
@@ -93,8 +93,6 @@ def run(cfg: DictConfig) -> dict:
     missing = sorted({r["stage"] for r in rows if r["value"] is None})
     if missing:
         log.warning("report: no result yet from %s (run those stages first)", ", ".join(missing))
-    from partdistill.stages.report_figures import write_figures
-
     figures = write_figures(cfg, out / "figures", int(s.images))
     print(f"\n{title}\n\n{markdown_table(rows, COLUMNS[:4])}\n")
     print(f"report: summary -> {out}/summary.md (.csv, .json); figures -> {', '.join(str(p) for p in figures)}")

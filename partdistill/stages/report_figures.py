@@ -21,9 +21,17 @@ from partdistill.evaluation.predictions import (
     read_predictions,
     to_prediction,
 )
-from partdistill.paths import project_root
-from partdistill.store import Store, StoreMissing
 from partdistill.evaluation.pseudo_labels import label_map
+from partdistill.models.mask2former import build_model
+from partdistill.paths import project_root
+from partdistill.stages.common import device_of
+from partdistill.stages.inference import predict_records, proposals
+from partdistill.stages.trained_models import (
+    find_head,
+    load_trained_model,
+    to_predictions_for,
+)
+from partdistill.store import Store, StoreMissing
 
 
 def _gt_parts(record: dict) -> np.ndarray:
@@ -45,14 +53,6 @@ def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str
                 loaded: dict) -> list[np.ndarray] | None:
     """Label maps of a trained stage's model on `records`: proposals by rank (top 10), parts by label;
     `loaded` keeps each folder's (head, model), so the val figures and the journey load a model once."""
-    from partdistill.stages.inference import predict_records, proposals
-    from partdistill.stages.common import device_of
-    from partdistill.stages.trained_models import (
-        find_head,
-        load_trained_model,
-        to_predictions_for,
-    )
-
     if not (folder / "head.json").is_file():
         return None
     if folder not in loaded:
@@ -69,10 +69,6 @@ def _model_maps(cfg: DictConfig, folder: Path, records: list[dict], dataset: str
 
 
 def _instance_maps(cfg: DictConfig, records: list[dict]) -> list[np.ndarray] | None:
-    from partdistill.stages.inference import predict_records, proposals
-    from partdistill.models.mask2former import build_model
-    from partdistill.stages.common import device_of
-
     # the instance model the method starts from: model.pretrained (the demo's instance_training export)
     options = {**OmegaConf.to_container(cfg.model, resolve=True), "weights": None}
     if not options["pretrained"] or not (Path(options["pretrained"]).expanduser() / "config.json").is_file():

@@ -8,8 +8,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from partdistill.data import catalog
 from partdistill.errors import ConfigError
+from partdistill.models.conditioned_head import normalize_queries
+from partdistill.models.mask2former import build_model
 from partdistill.paths import project_root
+from partdistill.stages import inference
+from partdistill.stages.common import device_of
+from partdistill.stages.inference import parts_of_head
 from partdistill.stages.training import HEAD_FILE
 
 
@@ -27,9 +33,6 @@ def find_head(weights: Path) -> dict:
 
 def load_trained_model(cfg: DictConfig, weights: Path, head: dict):
     """The model of `head` (its class head size) with `weights` loaded, in eval mode on the run's device."""
-    from partdistill.models.mask2former import build_model
-    from partdistill.stages.common import device_of
-
     if head["model"]["name"] != cfg.model.name:
         raise ConfigError(f"{weights} was trained with model={head['model']['name']}, this run has "
                           f"model={cfg.model.name}: add model={head['model']['name']}")
@@ -38,17 +41,12 @@ def load_trained_model(cfg: DictConfig, weights: Path, head: dict):
         model_cfg.weights = str(weights)
     model = build_model(model_cfg, num_labels=head["num_labels"])
     if head.get("query_feature_normalize"):
-        from partdistill.models.conditioned_head import normalize_queries
-
         normalize_queries(model)
     return model.eval().to(device_of(cfg))
 
 
 def to_predictions_for(head: dict, cfg: DictConfig, dataset_name: str):
     """The inference that turns this head's outputs into evaluator predictions on `dataset_name`."""
-    from partdistill.data import catalog
-    from partdistill.stages import inference
-
     kind = head["kind"]
     if kind == "proposals":
         return inference.proposals(k=int(cfg.eval.proposals))
@@ -58,7 +56,5 @@ def to_predictions_for(head: dict, cfg: DictConfig, dataset_name: str):
                               f"scored on eval={cfg.eval.suite}: use eval=<its suite>")
         return inference.semantic()
     if kind == "conditioned_parts":
-        from partdistill.stages.inference import parts_of_head
-
         return parts_of_head(head, catalog.metadata(dataset_name, project_root()), dataset_name)
     raise ConfigError(f"unknown head kind {kind!r} in {HEAD_FILE}")
