@@ -13,6 +13,8 @@ A shard is written into `part-<i>-of-<P>.tmp-<pid>` and renamed when complete, s
 exists only once all its files do: a killed job array loses only the shards in flight, and a
 rerun skips the complete ones. Atomicity covers killed processes; the files are also fsynced
 before the rename so that a node crash does not leave a complete-looking shard with lost data.
+While a process writes a shard it holds `.part-<i>-of-<P>.lock` (`partdistill.store.locks`), so
+two runs of one stage on one run_dir take turns on a shard instead of undoing each other's work.
 
 Partitions hold whole classes (part ranking clusters per class), see `store.partitions`. A
 writer that passes `classes` to `write_shard` must set `record["class_key"]` on every record:
@@ -32,11 +34,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from partdistill.errors import UserError
+from partdistill.store import locks
 from partdistill.store.identity import differences, identity_hash
 from partdistill.store.writer import (
     ARRAYS_FILE,
     MANIFEST_FILE,
     RECORDS_FILE,
+    Completed,
+    CompletedElsewhere,
     ShardWriter,
     write_json,
 )
@@ -155,40 +160,50 @@ class Store:
                 manifest); when given, every record must have `class_key` set to one of them.
 
         On an exception in the block the temporary folder is removed and the exception propagates.
-        Leftover temporary folders of this shard (from killed processes) are removed first.
+        One live process at a time writes a shard (a lock beside it, `partdistill.store.locks`):
+        another one waits for it, with one log line, and if the shard is then complete, its block
+        ends at its first write and writes nothing, so it stops computing a shard that exists.
+        Leftover temporary folders of the shard (from killed writers) are removed first.
         """
         final = self.shard_dir(i)
         if self.is_complete(i):
             raise FileExistsError(f"{final}: shard {i} is already complete; check store.is_complete(i) first")
-        # a duplicate task still writing this shard elsewhere loses its folder and fails: one suffices
-        for leftover in self.folder.glob(f"{final.name}.tmp-*"):
-            log.info("removing %s, left by an interrupted writer", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = self.folder / f"{final.name}.tmp-{os.getpid()}"
-        tmp.mkdir()
-        try:
-            shard = ShardWriter(tmp, classes)
+        with locks.locked(self.folder / f".{final.name}.lock", f"{final.name} of stage '{self.stage}'") as held:
+            if self.is_complete(i):
+                log.debug("%s was completed by the process this one waited for: not written again", final)
+                with contextlib.suppress(CompletedElsewhere):
+                    yield Completed(str(final))
+                return
+            # with the lock held, a temporary folder of this shard is a dead writer's (without locks,
+            # it may be a live duplicate's, which then loses it and fails: one of them suffices)
+            for leftover in self.folder.glob(f"{final.name}.tmp-*"):
+                log.info("removing %s, left by an interrupted writer", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+            tmp = self.folder / f"{final.name}.tmp-{os.getpid()}"
+            tmp.mkdir()
             try:
-                yield shard
+                shard = ShardWriter(tmp, classes)
+                try:
+                    yield shard
+                finally:
+                    shard.close()
+                shard.finish({
+                    "format_version": FORMAT_VERSION, "stage": self.stage, "partition": i,
+                    "num_partitions": self.num_partitions, "identity_hash": self.hash,
+                    "counts": {"records": shard.count, "skipped": len(shard.skipped)},
+                    "skipped": shard.skipped,
+                    "classes": None if shard.classes is None else sorted(shard.classes),
+                    "arrays": sorted(shard.arrays),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                })
+                try:
+                    os.rename(tmp, final)
+                except OSError:  # without locks, a duplicate completed it meanwhile: same identity, keep it
+                    if held or not self.is_complete(i):
+                        raise
+                    log.warning("%s was completed by another writer meanwhile; discarding this copy", final)
             finally:
-                shard.close()
-            shard.finish({
-                "format_version": FORMAT_VERSION, "stage": self.stage, "partition": i,
-                "num_partitions": self.num_partitions, "identity_hash": self.hash,
-                "counts": {"records": shard.count, "skipped": len(shard.skipped)},
-                "skipped": shard.skipped,
-                "classes": None if shard.classes is None else sorted(shard.classes),
-                "arrays": sorted(shard.arrays),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
-            try:
-                os.rename(tmp, final)
-            except OSError:  # a duplicate task completed the same shard meanwhile: same identity, keep it
-                if not self.is_complete(i):
-                    raise
-                log.warning("%s was completed by another writer meanwhile; discarding this copy", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+                shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -102,3 +102,20 @@ class ShardWriter:
         for name in (RECORDS_FILE, ARRAYS_FILE, MANIFEST_FILE):
             if (self.folder / name).exists():
                 _fsync(self.folder / name)
+
+
+class CompletedElsewhere(Exception):
+    """Raised into a `write_shard` block whose shard another process completed while this one waited."""
+
+
+class Completed:
+    """The writer of a shard that is already complete: its first write ends the block (write_shard
+    swallows the exception), so the stage stops computing a shard that exists."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def _stop(self, *args, **kwargs):
+        raise CompletedElsewhere(f"{self.what} was completed by another process")
+
+    add = skip = add_array = _stop
