@@ -38,6 +38,7 @@ from tqdm import tqdm
 from partdistill.config.schema import Resume
 from partdistill.engine import checkpoint as ckpt_io
 from partdistill.engine import preemption
+from partdistill.engine.rng import rng_preserved, rng_state, seed_rank
 from partdistill.engine.sampler import ResumableSampler
 from partdistill.engine.solver import clip_gradients
 
@@ -139,7 +140,7 @@ class Trainer:
         if found is None:
             self.iter = self.start_iter = 0
             if self.world_size > 1:  # ranks drew from one seed so far (identical weights); now their own streams
-                ckpt_io.seed_rank(self.rank)
+                seed_rank(self.rank)
             return
         state = ckpt_io.load_checkpoint(found, self.model, self.optimizer, self.scheduler, rank=self.rank)
         self.sampler.load_state_dict(state["extra"]["sampler"])
@@ -153,10 +154,10 @@ class Trainer:
         other ranks are elsewhere), rank 0 saves its own RNG states only.
         """
         collective = collective and self.world_size > 1
-        rng = [ckpt_io.rng_state()]
+        rng = [rng_state()]
         if collective:
             rng = [None] * self.world_size
-            dist.all_gather_object(rng, ckpt_io.rng_state())
+            dist.all_gather_object(rng, rng_state())
         written = None
         if self.is_main:
             written = ckpt_io.save_checkpoint(self.checkpoint_dir, self.iter, self.model, self.optimizer,
@@ -196,7 +197,7 @@ class Trainer:
         """Trains from the resumed iteration to `max_iter` (or to a `save_now()`); returns the last metrics."""
         self.resume_or_start()
         per_rank = self.ims_per_batch // self.world_size
-        with ckpt_io.rng_preserved():  # a fresh and a resumed run build their loaders at different points
+        with rng_preserved():  # a fresh and a resumed run build their loaders at different points
             loader = self.make_loader(self.sampler)
             data = iter(loader)
         if getattr(loader, "batch_size", None) not in (None, per_rank):
