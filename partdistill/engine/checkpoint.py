@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +69,52 @@ def _unique_tensors(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
 
 
 def save_model_weights(path: Path | str, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Writes `model.state_dict()` to a safetensors file atomically."""
+    """Writes `model.state_dict()` to a safetensors file atomically; the same weights (and metadata)
+    always give the same bytes, and the file gets the umask's permissions like every other output."""
     tensors, aliases = _unique_tensors(model.state_dict())
-    meta = {"format": "pt", "aliases": json.dumps(aliases), **(metadata or {})}
-    replace_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta), durable=True)
+    meta = {"format": "pt", "aliases": json.dumps(aliases, sort_keys=True), **(metadata or {})}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600, hiding them from a team
+
+    replace_atomically(Path(path), write, durable=True)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrites the header of a safetensors file in place with its metadata in key order.
+
+    safetensors keeps the metadata in a hash map whose order changes from one save to the next, so
+    identical weights would not give identical files. Only the order changes: the header keeps its
+    length (padding with spaces, as safetensors pads it) and the tensor data does not move.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if not header.get("__metadata__"):
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # escaped differently from safetensors' own JSON: keep the file as written
+            log.warning("%s: could not put its metadata in key order", path)
+            return
+        f.seek(8)
+        f.write(text.ljust(size))
+
+
+def _umask() -> int:
+    """This process's umask. Linux shows it in /proc; elsewhere it is read by setting and restoring
+    it, which a thread creating a file at that moment could see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(folder: Path | str, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
