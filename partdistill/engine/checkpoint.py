@@ -157,6 +157,18 @@ def _prune(folder: Path, keep: int | None) -> None:
             path.unlink(missing_ok=True)
 
 
+def remove_checkpoints(folder: Path | str) -> int:
+    """Deletes every checkpoint in `folder` and the files of unfinished saves; returns how many
+    checkpoints were complete. State files go first, so no checkpoint looks complete without its model."""
+    folder = Path(folder)
+    files = sorted(_files(folder), key=lambda found: found[0] != "state")
+    for _, _, path in files:
+        path.unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return sum(kind == "state" for kind, _, _ in files)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding and reading
 
