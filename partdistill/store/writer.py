@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class ShardWriter:
         self.count = 0
         self.skipped: list[list[str]] = []
         self.arrays: dict[str, np.ndarray] = {}
-        self._file = open(folder / RECORDS_FILE, "w", encoding="utf-8")
+        self._file = open(folder / RECORDS_FILE, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()/finish()
 
     def add(self, record: dict) -> None:
         """Appends one record (a JSON-able dict) to records.jsonl."""
