@@ -64,8 +64,8 @@ def score_proposals(model, name: str, records: list[dict], size: int, device: to
 HEAD_FILE = "head.json"
 # options of a training stage that cannot change what it trains: checkpoints made under other values
 # are resumed (stage.solver.max_iter: see partdistill.engine.identity for when it may differ)
-UNCOUNTED = ("name", "eval_period", "eval_suites", "checkpoint_period", "keep_checkpoints", "num_workers",
-             "resources", "resume", "export", "solver.max_iter")
+UNCOUNTED = ("name", "eval_period", "eval_suites", "eval_images", "eval_batch_size", "checkpoint_period",
+             "keep_checkpoints", "num_workers", "resources", "resume", "export", "solver.max_iter")
 
 
 def config_identity(cfg: DictConfig, stage: DictConfig) -> dict:
