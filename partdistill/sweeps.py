@@ -136,8 +136,8 @@ def refuse_shared_training_folders(configs: list[DictConfig]) -> None:
     """Raises ConfigError when jobs of a sweep would train into one folder under different configurations
     (the keys that count for resuming: partdistill.stages.training.config_identity), naming the swept
     keys and a run_dir that gives each job its own folder."""
+    from partdistill.identity import differing_keys
     from partdistill.stages.training import config_identity
-    from partdistill.store.identity import differing_keys
 
     folders: dict[Path, list[tuple[int, dict]]] = {}
     shown: dict[Path, tuple[DictConfig, str]] = {}

@@ -4,7 +4,7 @@
 
 The identity (built by the training stage: its options, model, seed, data) holds only what can
 change the result; a run resumes a folder's checkpoints when its identity is the recorded one,
-and `explain` otherwise says why not, key by key (with partdistill.store.identity, the code that
+and `explain` otherwise says why not, key by key (with partdistill.identity, the code that
 compares a pseudo-label store with the configuration asking for it).
 
 `max_iter` is not part of the identity: the schedule (warmup, then `solver.steps`, explicit
@@ -20,8 +20,8 @@ import json
 import logging
 from pathlib import Path
 
+from partdistill.identity import differences, identity_hash
 from partdistill.io import write_json_atomic
-from partdistill.store.identity import differences, identity_hash
 
 log = logging.getLogger(__name__)
 

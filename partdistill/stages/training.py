@@ -98,8 +98,8 @@ def data_fingerprint(items: list[dict]) -> dict:
     common folder (a dataset moved elsewhere keeps its fingerprint). An upstream store recomputed
     under another configuration, a changed filter or changed dataset files change it.
 
-    Hashed in chunks rather than as one JSON text (store.identity.identity_hash): at ImageNet scale
-    the items' masks are gigabytes of text.
+    Hashed in chunks rather than as one JSON text (partdistill.identity.identity_hash): at ImageNet
+    scale the items' masks are gigabytes of text.
     """
     names = [item["file_name"] for item in items]
     try:

@@ -1,5 +1,5 @@
 """The pseudo-label store: sharded, resumable stage outputs (see `partdistill.store.shards`)."""
-from partdistill.store.identity import identity_hash
+from partdistill.identity import identity_hash
 from partdistill.store.partitions import class_key, partition_records
 from partdistill.store.shards import Store, StoreMismatch, StoreMissing
 from partdistill.store.writer import ShardWriter

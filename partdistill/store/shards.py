@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from partdistill.errors import UserError
+from partdistill.identity import differences, identity_hash
 from partdistill.store import locks
-from partdistill.store.identity import differences, identity_hash
 from partdistill.store.writer import (
     ARRAYS_FILE,
     MANIFEST_FILE,

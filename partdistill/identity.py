@@ -3,7 +3,8 @@
 A stage's store (`store.json`) and a training stage's checkpoints (`identity.json`) record the
 identity of what made them: a nested JSON-able dict of the options, data and inputs that decide
 the result. A later run that would add to them compares its own identity with the recorded one,
-and a difference is named key by key, so the user sees what changed rather than a hash.
+and a difference is named key by key, so the user sees what changed rather than a hash. A leaf
+module: the store and the engine, independent of each other, both use it.
 """
 from __future__ import annotations
 
