@@ -1,4 +1,5 @@
-"""launch.py's partition shorthands, expanded before Hydra parses the command line.
+"""What a sweep's jobs must not collide on: launch.py's partition shorthands, expanded before Hydra
+parses the command line, and the training folders of a sweep's jobs, checked by the launchers.
 
     python launch.py -m hydra/launcher=slurm stage=pixel_grouping stage.partition=all
         -> stage.partition=range(0,P): one SLURM job array of P tasks (P = stage.num_partitions)
@@ -9,6 +10,12 @@
 The config is composed from the other overrides (Hydra's own `hydra...` overrides left out) to
 learn the stage, P and run_dir. Without -m both shorthands become `stage.partition=null`: the
 stage then runs every partition in turn in this process and skips the complete ones.
+
+A training stage writes its checkpoints to run_dir/<stage> and resumes what it finds there only
+under the same configuration (partdistill.engine.identity). The default run_dir,
+`<setting>_<data>`, is the same for every job of a sweep over, say, `stage.solver.base_lr`: one
+job would resume (or be refused by) another's checkpoints. `refuse_shared_training_folders` stops
+such a sweep before any job runs or is submitted and suggests a run_dir per job.
 """
 from __future__ import annotations
 
@@ -16,8 +23,11 @@ import re
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from partdistill.errors import ConfigError
-from partdistill.stages import PARTITIONED
+from partdistill.plan import INPUTS
+from partdistill.stages import PARTITIONED, stages_to_run
 
 SHORTHAND = re.compile(r"^stage\.partition=(all|incomplete)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -120,3 +130,49 @@ def expand(argv: list[str]) -> list[str]:
     print(f"partdistill: stage.partition={word} -> stage.partition={value} ({why})", file=sys.stderr)
     out = [arg for i, arg in enumerate(argv) if i not in found]
     return out + [f"stage.partition={value}"]
+
+
+def refuse_shared_training_folders(configs: list[DictConfig]) -> None:
+    """Raises ConfigError when jobs of a sweep would train into one folder under different configurations
+    (the keys that count for resuming: partdistill.stages.training.config_identity), naming the swept
+    keys and a run_dir that gives each job its own folder."""
+    from partdistill.identity import differing_keys
+    from partdistill.stages.training import config_identity
+
+    folders: dict[Path, list[tuple[int, dict]]] = {}
+    shown: dict[Path, tuple[DictConfig, str]] = {}
+    for num, cfg in enumerate(configs):
+        for name, stage in stages_to_run(cfg):
+            if "solver" not in stage:
+                continue
+            folder = Path(cfg.run_dir) / _training_folder(cfg, name, stage)
+            identity = config_identity(cfg, stage)
+            if "data" in INPUTS[name]:  # at run time the fingerprint of the training items tells
+                identity["data"] = {"train": cfg.data.train}
+            folders.setdefault(folder, []).append((num, identity))
+            shown.setdefault(folder, (cfg, "stage." if cfg.stage.name == name else f"stage.{name}."))
+    for folder, jobs in folders.items():
+        keys = sorted({key for _, identity in jobs for key in differing_keys(jobs[0][1], identity)})
+        if not keys:
+            continue
+        cfg, prefix = shown[folder]
+        keys = [prefix + key.removeprefix("stage.") if key.startswith("stage.") else key for key in keys]
+        per_job = "_".join(f"{key.rsplit('.', 1)[-1]}${{{key}}}" for key in keys)
+        raise ConfigError(
+            f"partdistill: jobs {', '.join(f'#{num}' for num, _ in jobs)} of this sweep would train into one folder, "
+            f"{folder}, with different {', '.join(keys)}: each would resume, or be refused by, another's "
+            f"checkpoints. Nothing was run or submitted. Give each job its own run_dir, e.g.\n"
+            f"  run_dir='{cfg.run_dir}_{per_job}'\n"
+            f"(a stage that reads an earlier stage's store or model looks for it in its own run_dir)"
+        )
+
+
+def _training_folder(cfg: DictConfig, name: str, stage: DictConfig) -> str:
+    """A training stage's folder under run_dir: its name, and for finetune one folder per suite, head,
+    fraction and subset seed (partdistill.stages.finetune.output_name)."""
+    if name != "finetune":
+        return name
+    from partdistill.stages.finetune import output_name
+
+    head = getattr(stage.head, "value", stage.head)
+    return f"{name}/{output_name(cfg.eval.suite, head, stage.fraction, int(stage.subset_seed))}"

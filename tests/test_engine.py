@@ -271,6 +271,22 @@ def test_state_file_loads_with_weights_only_and_tied_weights_are_stored_once(tmp
         load_model_weights(again, tmp_path / "empty")
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_checkpoint_files_follow_the_umask_and_identical_weights_give_identical_files(tmp_path, umask):
+    model = Toy()
+    old = os.umask(umask)
+    try:
+        saved = [save_checkpoint(tmp_path / str(n), 5, model, None) for n in range(4)]
+    finally:
+        os.umask(old)
+    for ckpt in saved:
+        for path in (ckpt.model_path, ckpt.state_path):
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    # the model files of the same weights are the same bytes (safetensors orders metadata at random)
+    assert len({ckpt.model_path.read_bytes() for ckpt in saved}) == 1
+    load_model_file(Toy(), saved[0].model_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # solver
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from partdistill.data import synthetic
 from partdistill.paths import CHECKOUT
 
 
@@ -154,3 +155,41 @@ def test_the_full_size_pipeline_composes_and_dry_runs_with_its_real_resources(ro
         line = next(line for line in out.splitlines() if line.strip().startswith(stage))
         assert text in line, line
     assert "mem_per_gpu=60G, timeout_min=4320" in out and not (root / "runs").exists()
+
+
+@pytest.mark.parametrize("launcher", ["local", "slurm"])
+def test_a_sweep_sharing_a_training_folder_is_refused_before_any_job(root, launcher):
+    shutil.rmtree(root / "datasets/synthetic")
+    synthetic.synthesize("synthetic", root / "datasets/synthetic", num_images=4, seed=0)
+    sweep = ("-m", f"hydra/launcher={launcher}", "experiment=smoke", "stage=instance_training",
+             "stage.solver.base_lr=1e-4,2e-4", "stage.eval_period=2,4")
+    result = launch(*sweep, root=root)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    err = result.stderr
+    assert f"{root}/runs/smoke_synthetic/instance_training" in err
+    assert "stage.solver.base_lr" in err and "stage.eval_period" not in err  # only what changes the result
+    suggested = f"run_dir='{root}/runs/smoke_synthetic_base_lr${{stage.solver.base_lr}}'"
+    assert suggested in err
+    sweep_dir = root / "hydra_sweep"
+    assert not sweep_dir.exists() or [p for p in sweep_dir.iterdir() if p.is_dir()] == []
+    assert not (root / "runs").exists()  # no job ran, nothing was handed to submitit
+    if launcher == "local":  # the suggestion works: one folder per job
+        result = launch(*sweep, suggested.replace("'", ""), root=root)
+        assert result.returncode == 0, result.stderr
+        for lr in ("0.0001", "0.0002"):
+            assert (root / f"runs/smoke_synthetic_base_lr{lr}/instance_training/checkpoints/identity.json").is_file()
+
+
+def test_only_jobs_sharing_a_folder_under_different_configurations_are_refused(root, compose_cfg):
+    from partdistill.plan import ConfigError
+    from partdistill.sweeps import refuse_shared_training_folders
+
+    def jobs(*sweep):
+        return [compose_cfg("experiment=smoke", "stage=finetune", "eval=synthetic", override) for override in sweep]
+
+    refuse_shared_training_folders(jobs("stage.fraction=0.1", "stage.fraction=1.0"))  # one folder per fraction
+    refuse_shared_training_folders(jobs("stage.eval_period=1", "stage.eval_period=2"))  # the same training
+    with pytest.raises(ConfigError, match=r"smoke_synthetic/finetune/synthetic_semseg_f1_s1234, with different "
+                                          r"stage.loss.mask_weight"):
+        refuse_shared_training_folders(jobs("stage.loss.mask_weight=1", "stage.loss.mask_weight=2"))

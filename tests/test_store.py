@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import builtins
 import json
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -144,6 +147,52 @@ def test_resume_is_byte_identical(tmp_path):
     run(resumed)
     assert resumed.complete() == [0, 1, 2, 3]
     assert _files(whole.folder) == _files(resumed.folder)
+
+
+WRITER = """
+import logging, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_store as t
+from partdistill.store import Store
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+root, me = Path({root!r}), sys.argv[1]
+(root / f"ready-{{me}}").touch()
+while not (root / "go").exists():  # both writers start together
+    time.sleep(0.01)
+store = Store(root / "store", "s", 3, t.IDENTITY)
+for i in range(3):  # as stages.common.run_partitions does
+    if store.is_complete(i):
+        continue
+    with store.write_shard(i, classes=t._shard_classes(i, 3)) as shard:
+        for wnid in t._shard_classes(i, 3):
+            for j in range(3):
+                time.sleep(0.1)  # a slow shard: the other writer arrives while this one writes it
+                shard.add(t._record(wnid, j))
+"""
+
+
+def test_two_concurrent_writers_finish_and_write_the_store_of_one(tmp_path):
+    one = Store(tmp_path / "one", "s", 3, IDENTITY)
+    for i in range(3):
+        with one.write_shard(i, classes=_shard_classes(i, 3)) as shard:
+            for wnid in _shard_classes(i, 3):
+                for j in range(3):
+                    shard.add(_record(wnid, j))
+    script = WRITER.format(tests=str(Path(__file__).parent), root=str(tmp_path))
+    writers = [subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{name}").exists() for name in ("a", "b")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    outputs = [w.communicate(timeout=120) for w in writers]
+    for writer, (out, err) in zip(writers, outputs):
+        assert writer.returncode == 0 and "Traceback" not in err, err
+    logs = "".join(err for _, err in outputs)
+    assert "is being written by" in logs  # they did meet on a shard
+    assert _files(one.folder) == _files(tmp_path / "store" / "s")
 
 
 def test_identity_mismatch_is_refused(tmp_path):

@@ -3,7 +3,8 @@
 Both check every job of a sweep before the first one runs or is submitted. Hydra composes each
 job's config only inside the launcher, so this is the one place where a sweep (`-m
 data=imagenet_1k,imagenet_22k`, a 40-task array) can be refused as a whole: a missing dataset or
-stage stops the sweep here with one message, instead of as many failed jobs.
+stage, or jobs that would train into one folder under different configurations, stop the sweep
+here with one message, instead of as many failed jobs.
 
 On top of hydra-submitit-launcher's SLURM launcher, `SubmititSlurmLauncher`:
   * snapshots what a queued job runs: each job's config is composed at submission and pickled
@@ -78,14 +79,16 @@ class _CheckSweepFirst:
             params[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
     def _check_sweep(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
-        from partdistill import plan
+        from partdistill import plan, sweeps
         from partdistill.config import apply_experiment
 
         configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(o)) for o in job_overrides]
         for cfg in configs:
             apply_experiment(cfg, cfg.hydra.overrides.task)
         with plan.exit_on_user_error():
-            plan.preflight([cfg for cfg in configs if not cfg.dry_run])
+            running = [cfg for cfg in configs if not cfg.dry_run]
+            plan.preflight(running)
+            sweeps.refuse_shared_training_folders(running)
         return configs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

@@ -38,6 +38,9 @@ class ObjectClass(Enum):
 class Resume(Enum):
     auto = "auto"  # continue from the newest complete checkpoint in the run folder
     never = "never"  # start from the initial weights even if checkpoints exist
+    # as auto, but checkpoints made under another configuration (which auto refuses) are removed and
+    # training starts over in place; a requeued job of the new configuration then resumes its own
+    restart = "restart"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,21 +10,19 @@ its presence marks the checkpoint complete. Only the last `keep` complete checkp
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import random
+import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from partdistill.engine.rng import rng_state, set_rng_state
 from partdistill.errors import UserError
 from partdistill.io import replace_atomically
 
@@ -45,57 +43,6 @@ class Checkpoint:
     def at(cls, folder: Path | str, iteration: int) -> Checkpoint:
         folder = Path(folder)
         return cls(iteration, folder / f"model-{iteration:07d}.safetensors", folder / f"state-{iteration:07d}.pt")
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG states as tensors and plain values (weights_only cannot unpickle numpy arrays or tuples of them)
-
-
-def rng_state() -> dict:
-    """This process's python, numpy, torch and CUDA RNG states."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    """Restores what `rng_state()` returned."""
-    py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        else:
-            log.warning("checkpoint has CUDA RNG states for %d devices, this process sees %d: not restored",
-                        len(state["cuda"]), torch.cuda.device_count())
-
-
-def seed_rank(rank: int) -> None:
-    """Offsets this process's python, numpy and torch RNGs by its rank, so the ranks of one job (seeded
-    alike to build identical models) draw different random numbers (loss point sampling, drop path)."""
-    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def rng_preserved() -> Iterator[None]:
-    """Restores every RNG state afterwards, for work outside the training stream (evaluation,
-    building a DataLoader iterator, which draws its workers' base seed from torch's RNG): what a
-    resumed run does differently from the interrupted one must not shift the draws of training."""
-    state = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,10 +69,52 @@ def _unique_tensors(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
 
 
 def save_model_weights(path: Path | str, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Writes `model.state_dict()` to a safetensors file atomically."""
+    """Writes `model.state_dict()` to a safetensors file atomically; the same weights (and metadata)
+    always give the same bytes, and the file gets the umask's permissions like every other output."""
     tensors, aliases = _unique_tensors(model.state_dict())
-    meta = {"format": "pt", "aliases": json.dumps(aliases), **(metadata or {})}
-    replace_atomically(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta), durable=True)
+    meta = {"format": "pt", "aliases": json.dumps(aliases, sort_keys=True), **(metadata or {})}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600, hiding them from a team
+
+    replace_atomically(Path(path), write, durable=True)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrites the header of a safetensors file in place with its metadata in key order.
+
+    safetensors keeps the metadata in a hash map whose order changes from one save to the next, so
+    identical weights would not give identical files. Only the order changes: the header keeps its
+    length (padding with spaces, as safetensors pads it) and the tensor data does not move.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if not header.get("__metadata__"):
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # escaped differently from safetensors' own JSON: keep the file as written
+            log.warning("%s: could not put its metadata in key order", path)
+            return
+        f.seek(8)
+        f.write(text.ljust(size))
+
+
+def _umask() -> int:
+    """This process's umask. Linux shows it in /proc; elsewhere it is read by setting and restoring
+    it, which a thread creating a file at that moment could see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(folder: Path | str, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -166,6 +155,18 @@ def _prune(folder: Path, keep: int | None) -> None:
     for kind, iteration, path in _files(folder):
         if kind == "model" and iteration not in states:
             path.unlink(missing_ok=True)
+
+
+def remove_checkpoints(folder: Path | str) -> int:
+    """Deletes every checkpoint in `folder` and the files of unfinished saves; returns how many
+    checkpoints were complete. State files go first, so no checkpoint looks complete without its model."""
+    folder = Path(folder)
+    files = sorted(_files(folder), key=lambda found: found[0] != "state")
+    for _, _, path in files:
+        path.unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return sum(kind == "state" for kind, _, _ in files)
 
 
 # ---------------------------------------------------------------------------------------------

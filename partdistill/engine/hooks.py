@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from partdistill.engine.checkpoint import rng_preserved
+from partdistill.engine.rng import rng_preserved
 from partdistill.io import write_text_atomic
 
 log = logging.getLogger(__name__)

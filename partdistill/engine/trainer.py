@@ -37,9 +37,12 @@ from tqdm import tqdm
 
 from partdistill.config.schema import Resume
 from partdistill.engine import checkpoint as ckpt_io
+from partdistill.engine import identity as training_identity
 from partdistill.engine import preemption
+from partdistill.engine.rng import rng_preserved, rng_state, seed_rank
 from partdistill.engine.sampler import ResumableSampler
 from partdistill.engine.solver import clip_gradients
+from partdistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +84,22 @@ class Trainer:
         clip_grad_norm (float): full-model L2 max norm; <= 0 disables.
         amp (bool): bf16 autocast on CUDA (no effect on CPU).
         device (torch.device | None): None = the current CUDA device if any, else CPU.
-        resume (Resume | str): "auto" continues from the newest complete checkpoint; "never" starts at 0.
+        resume (Resume | str): "auto" continues from the newest complete checkpoint; "never" starts at 0;
+            "restart" is auto, except that checkpoints of another identity are removed, not refused.
         keep_checkpoints (int): complete checkpoints kept in run_dir/checkpoints.
         progress (bool): a tqdm bar on the main process.
         ddp_kwargs (dict): extra DistributedDataParallel arguments (e.g. find_unused_parameters).
+        identity (dict | None): what this run trains (JSON-able; see `engine.identity`), recorded in
+            run_dir/checkpoints and compared before resuming by rank 0 (other ranks may pass None);
+            None = no check (checkpoints are resumed whatever made them).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, scheduler, *,
                  sampler: ResumableSampler, make_loader: Callable[[ResumableSampler], Iterable], ims_per_batch: int,
                  max_iter: int, run_dir: Path | str, hooks: Sequence = (), clip_grad_norm: float = 0.0,
                  amp: bool = True, device: torch.device | None = None, resume: Resume | str = Resume.auto,
-                 keep_checkpoints: int = 3, progress: bool = True, ddp_kwargs: dict | None = None):
+                 keep_checkpoints: int = 3, progress: bool = True, ddp_kwargs: dict | None = None,
+                 identity: dict | None = None):
         if device is None:
             cuda = torch.cuda.is_available()
             device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -109,6 +117,7 @@ class Trainer:
         self.amp = amp and device.type == "cuda"
         self.resume = Resume(resume)
         self.keep_checkpoints, self.progress, self.ddp_kwargs = keep_checkpoints, progress, ddp_kwargs or {}
+        self.identity = identity
         self.hooks = list(hooks)
         for hook in self.hooks:
             hook.trainer = self
@@ -129,21 +138,46 @@ class Trainer:
     # checkpoints
 
     def resume_or_start(self) -> None:
-        """Restores the newest complete checkpoint when `resume` is auto and there is one."""
-        auto = self.resume is Resume.auto
-        found = ckpt_io.latest_checkpoint(self.checkpoint_dir) if auto and self.is_main else None
+        """Restores the newest complete checkpoint when `resume` allows it and there is one.
+
+        Raises:
+            UserError: the checkpoints were made under another identity, or go beyond max_iter.
+        """
+        choice = list(self._choose()) if self.is_main else [None, None]
         if self.world_size > 1:  # rank 0 chooses: on a shared file system others may not see the same files yet
-            choice = [found.iteration if found else None]
             dist.broadcast_object_list(choice, src=0)
-            found = ckpt_io.Checkpoint.at(self.checkpoint_dir, choice[0]) if choice[0] is not None else None
-        if found is None:
+        iteration, refused = choice
+        if refused is not None:
+            raise UserError(refused)
+        if iteration is None:
             self.iter = self.start_iter = 0
             if self.world_size > 1:  # ranks drew from one seed so far (identical weights); now their own streams
-                ckpt_io.seed_rank(self.rank)
+                seed_rank(self.rank)
             return
+        found = ckpt_io.Checkpoint.at(self.checkpoint_dir, iteration)
         state = ckpt_io.load_checkpoint(found, self.model, self.optimizer, self.scheduler, rank=self.rank)
         self.sampler.load_state_dict(state["extra"]["sampler"])
         self.iter = self.start_iter = state["iteration"]
+
+    def _choose(self) -> tuple[int | None, str | None]:
+        """(the iteration to resume from, or None to start at 0; why this run may not use the folder's
+        checkpoints, or None), decided on rank 0, which records this run's identity when it goes on."""
+        folder = self.checkpoint_dir
+        existing = ckpt_io.list_checkpoints(folder)
+        if self.identity is not None and existing:
+            problem = training_identity.explain(folder, self.identity, existing[0].iteration, self.max_iter)
+            if problem is not None and self.resume is not Resume.restart:
+                return None, training_identity.refusal(problem)
+            if problem is not None:
+                removed = ckpt_io.remove_checkpoints(folder)
+                log.warning("stage.resume=restart: removed %d checkpoint(s) of another run, starting over in %s. "
+                            "%s", removed, folder, problem)
+        if self.identity is not None:
+            training_identity.record(folder, self.identity, self.max_iter)
+        if self.resume is Resume.never:
+            return None, None
+        found = ckpt_io.latest_checkpoint(folder)
+        return (found.iteration if found else None), None
 
     def save_checkpoint(self, collective: bool = True) -> Path | None:
         """Saves the state after `self.iter` steps; rank 0 writes. Returns the state file written.
@@ -153,10 +187,10 @@ class Trainer:
         other ranks are elsewhere), rank 0 saves its own RNG states only.
         """
         collective = collective and self.world_size > 1
-        rng = [ckpt_io.rng_state()]
+        rng = [rng_state()]
         if collective:
             rng = [None] * self.world_size
-            dist.all_gather_object(rng, ckpt_io.rng_state())
+            dist.all_gather_object(rng, rng_state())
         written = None
         if self.is_main:
             written = ckpt_io.save_checkpoint(self.checkpoint_dir, self.iter, self.model, self.optimizer,
@@ -196,7 +230,7 @@ class Trainer:
         """Trains from the resumed iteration to `max_iter` (or to a `save_now()`); returns the last metrics."""
         self.resume_or_start()
         per_rank = self.ims_per_batch // self.world_size
-        with ckpt_io.rng_preserved():  # a fresh and a resumed run build their loaders at different points
+        with rng_preserved():  # a fresh and a resumed run build their loaders at different points
             loader = self.make_loader(self.sampler)
             data = iter(loader)
         if getattr(loader, "batch_size", None) not in (None, per_rank):

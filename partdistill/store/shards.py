@@ -13,38 +13,43 @@ A shard is written into `part-<i>-of-<P>.tmp-<pid>` and renamed when complete, s
 exists only once all its files do: a killed job array loses only the shards in flight, and a
 rerun skips the complete ones. Atomicity covers killed processes; the files are also fsynced
 before the rename so that a node crash does not leave a complete-looking shard with lost data.
+While a process writes a shard it holds `.part-<i>-of-<P>.lock` (`partdistill.store.locks`), so
+two runs of one stage on one run_dir take turns on a shard instead of undoing each other's work.
 
-Partitions hold whole classes (part ranking clusters per class), see `partition_records`. A
+Partitions hold whole classes (part ranking clusters per class), see `store.partitions`. A
 writer that passes `classes` to `write_shard` must set `record["class_key"]` on every record:
 readers filter shards by their manifest's classes and records by that field.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-import zipfile
-from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from partdistill.data.index import partition
 from partdistill.errors import UserError
+from partdistill.identity import differences, identity_hash
+from partdistill.store import locks
+from partdistill.store.writer import (
+    ARRAYS_FILE,
+    MANIFEST_FILE,
+    RECORDS_FILE,
+    Completed,
+    CompletedElsewhere,
+    ShardWriter,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the layout or a manifest field changes meaning
 STORE_FILE = "store.json"
-RECORDS_FILE = "records.jsonl"
-ARRAYS_FILE = "arrays.npz"
-MANIFEST_FILE = "manifest.json"
-_MISSING = "<missing>"
 
 
 class StoreMismatch(UserError):
@@ -53,116 +58,6 @@ class StoreMismatch(UserError):
 
 class StoreMissing(UserError):
     """The store (or one of its shards) that a stage reads has not been written yet."""
-
-
-def identity_hash(identity: dict) -> str:
-    """The first 16 hex chars of the sha256 of `identity` as canonical JSON (sorted keys, compact)."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _flatten(value, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
-    if not isinstance(value, dict) or not value:
-        return {prefix: value}
-    out = {}
-    for key, child in value.items():
-        out.update(_flatten(child, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' lines for every flattened key whose values differ."""
-    old, new = _flatten(old), _flatten(new)
-    lines = []
-    for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a != b:
-            lines.append(f"  {key}: {json.dumps(a) if a is not _MISSING else a} (stored) vs "
-                         f"{json.dumps(b) if b is not _MISSING else b} (now)")
-    return lines
-
-
-def _json_default(value):
-    """Lets records hold numpy scalars (converted) but not arrays (they belong in add_array)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        raise TypeError("numpy arrays do not go into records: store them with shard.add_array(name, array)")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez's format (a zip of .npy files), with fixed zip timestamps.
-
-    np.savez stamps each member with the current time, so two runs computing the same arrays
-    would write different bytes; a fixed stamp makes resumed and uninterrupted runs identical.
-    """
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, array, allow_pickle=False)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    # a plain write: shard files live in the temporary folder (whose rename is the atomic step),
-    # and io.write_json_atomic's mkstemp would make them 0600, unreadable to the rest of a team
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class ShardWriter:
-    """Collects one shard: records are streamed to disk as added; arrays are kept until the end."""
-
-    def __init__(self, folder: Path, classes: Iterable[str] | None):
-        self.folder = folder
-        self.classes = None if classes is None else set(classes)
-        self.count = 0
-        self.skipped: list[list[str]] = []
-        self.arrays: dict[str, np.ndarray] = {}
-        self._file = open(folder / RECORDS_FILE, "w", encoding="utf-8")
-
-    def add(self, record: dict) -> None:
-        """Appends one record (a JSON-able dict) to records.jsonl."""
-        if self.classes is not None and record.get("class_key") not in self.classes:
-            raise ValueError(
-                f"record class_key {record.get('class_key')!r} is not one of the shard's classes; a shard "
-                "written with classes=... needs record['class_key'] set to one of them (readers filter on it)"
-            )
-        self._file.write(json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n")
-        self.count += 1
-
-    def skip(self, path: object, reason: str) -> None:
-        """Records that the sample at `path` was left out, and why (listed in the manifest)."""
-        self.skipped.append([str(path), str(reason)])
-
-    def add_array(self, name: str, array: np.ndarray) -> None:
-        """Adds a named array to arrays.npz (plain dtypes only: it is loaded with allow_pickle=False)."""
-        array = np.asarray(array)
-        if not name.isidentifier():
-            raise ValueError(f"array name {name!r} must be a Python identifier (it becomes {name}.npy)")
-        if name in self.arrays:
-            raise ValueError(f"array {name!r} was already added to this shard")
-        if array.dtype.hasobject:
-            raise ValueError(f"array {name!r} has an object dtype, which would need pickle; convert it first")
-        self.arrays[name] = array
-
-    def _finish(self, manifest: dict) -> None:
-        self._file.close()
-        if self.arrays:
-            _save_npz(self.folder / ARRAYS_FILE, self.arrays)
-        _write_json(self.folder / MANIFEST_FILE, manifest)
-        for name in (RECORDS_FILE, ARRAYS_FILE, MANIFEST_FILE):
-            if (self.folder / name).exists():
-                _fsync(self.folder / name)
 
 
 class Store:
@@ -191,7 +86,7 @@ class Store:
             raise StoreMismatch(
                 f"{self.folder}: this store was written with identity {stored.get('identity_hash')}, but the "
                 f"configuration now gives {self.hash}. What differs:\n"
-                + "\n".join(_differences(_comparable(stored), _comparable(wanted)))
+                + "\n".join(differences(_comparable(stored), _comparable(wanted)))
                 + f"\nUse another run_dir, or delete {self.folder} to recompute this stage."
             )
 
@@ -265,40 +160,50 @@ class Store:
                 manifest); when given, every record must have `class_key` set to one of them.
 
         On an exception in the block the temporary folder is removed and the exception propagates.
-        Leftover temporary folders of this shard (from killed processes) are removed first.
+        One live process at a time writes a shard (a lock beside it, `partdistill.store.locks`):
+        another one waits for it, with one log line, and if the shard is then complete, its block
+        ends at its first write and writes nothing, so it stops computing a shard that exists.
+        Leftover temporary folders of the shard (from killed writers) are removed first.
         """
         final = self.shard_dir(i)
         if self.is_complete(i):
             raise FileExistsError(f"{final}: shard {i} is already complete; check store.is_complete(i) first")
-        # a duplicate task still writing this shard elsewhere loses its folder and fails: one suffices
-        for leftover in self.folder.glob(f"{final.name}.tmp-*"):
-            log.info("removing %s, left by an interrupted writer", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = self.folder / f"{final.name}.tmp-{os.getpid()}"
-        tmp.mkdir()
-        try:
-            shard = ShardWriter(tmp, classes)
+        with locks.locked(self.folder / f".{final.name}.lock", f"{final.name} of stage '{self.stage}'") as held:
+            if self.is_complete(i):
+                log.debug("%s was completed by the process this one waited for: not written again", final)
+                with contextlib.suppress(CompletedElsewhere):
+                    yield Completed(str(final))
+                return
+            # with the lock held, a temporary folder of this shard is a dead writer's (without locks,
+            # it may be a live duplicate's, which then loses it and fails: one of them suffices)
+            for leftover in self.folder.glob(f"{final.name}.tmp-*"):
+                log.info("removing %s, left by an interrupted writer", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+            tmp = self.folder / f"{final.name}.tmp-{os.getpid()}"
+            tmp.mkdir()
             try:
-                yield shard
+                shard = ShardWriter(tmp, classes)
+                try:
+                    yield shard
+                finally:
+                    shard.close()
+                shard.finish({
+                    "format_version": FORMAT_VERSION, "stage": self.stage, "partition": i,
+                    "num_partitions": self.num_partitions, "identity_hash": self.hash,
+                    "counts": {"records": shard.count, "skipped": len(shard.skipped)},
+                    "skipped": shard.skipped,
+                    "classes": None if shard.classes is None else sorted(shard.classes),
+                    "arrays": sorted(shard.arrays),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                })
+                try:
+                    os.rename(tmp, final)
+                except OSError:  # without locks, a duplicate completed it meanwhile: same identity, keep it
+                    if held or not self.is_complete(i):
+                        raise
+                    log.warning("%s was completed by another writer meanwhile; discarding this copy", final)
             finally:
-                shard._file.close()
-            shard._finish({
-                "format_version": FORMAT_VERSION, "stage": self.stage, "partition": i,
-                "num_partitions": self.num_partitions, "identity_hash": self.hash,
-                "counts": {"records": shard.count, "skipped": len(shard.skipped)},
-                "skipped": shard.skipped,
-                "classes": None if shard.classes is None else sorted(shard.classes),
-                "arrays": sorted(shard.arrays),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
-            try:
-                os.rename(tmp, final)
-            except OSError:  # a duplicate task completed the same shard meanwhile: same identity, keep it
-                if not self.is_complete(i):
-                    raise
-                log.warning("%s was completed by another writer meanwhile; discarding this copy", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+                shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -363,7 +268,7 @@ def _create_or_read(path: Path, header: dict) -> dict:
     which fails when another task got there first, whose header is then the one to check.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_json(tmp, header)
+    write_json(tmp, header)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -374,28 +279,3 @@ def _create_or_read(path: Path, header: dict) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     return json.loads(path.read_text())
-
-
-def class_key(record: dict) -> str:
-    """A record's class: the `class_key` a store record carries, else a dataset record's `wnid`, else
-    `class-<category_id of its first annotation>`, else 'all'."""
-    if "class_key" in record:
-        return record["class_key"]
-    if "wnid" in record:
-        return record["wnid"]
-    if record.get("annotations"):
-        return f"class-{record['annotations'][0]['category_id']}"
-    return "all"
-
-
-def partition_records(records: list[dict], index: int, num_partitions: int,
-                      key: Callable[[dict], str] = class_key) -> list[dict]:
-    """The records of partition `index` of `num_partitions`, in their input order.
-
-    Partitions hold whole classes (part ranking clusters per class): the classes, in sorted key
-    order, are split into contiguous runs of about equal image count by `data.index.partition`.
-    With fewer classes than partitions (or one dominant class) some partitions are empty.
-    """
-    keys = [key(r) for r in records]
-    chosen = set(partition(Counter(keys), index, num_partitions))
-    return [r for r, k in zip(records, keys) if k in chosen]
