@@ -210,7 +210,7 @@ def test_evaluate_names_what_is_wrong_with_the_weights(ranked, compose_cfg, tmp_
 
 
 def test_a_stage_starts_from_another_stages_model_all_but_the_class_head(compose_cfg, tmp_path):
-    from partdistill.engine.checkpoint import load_all_but_head, save_model_weights
+    from partdistill.models.weights import load_all_but_head, save_model_weights
 
     trained = tiny_model(compose_cfg, 6)
     with torch.no_grad():

@@ -29,14 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from partdistill.config.schema import SolverConfig, TrainingStageConfig
 from partdistill.engine import preemption
-from partdistill.engine.checkpoint import (
-    latest_checkpoint, list_checkpoints, load_model_file, load_model_weights, save_checkpoint,
-)
+from partdistill.engine.checkpoint import save_checkpoint
 from partdistill.engine.hooks import EvalHook, Hook, JSONLWriter, PeriodicCheckpointer, TensorBoardWriter
 from partdistill.engine.sampler import ResumableSampler
 from partdistill.engine.solver import build_optimizer, build_scheduler, clip_gradients
 from partdistill.engine.trainer import Trainer
 from partdistill.errors import UserError
+from partdistill.models.weights import latest_checkpoint, list_checkpoints, load_model_file, load_model_weights
 
 HERE = Path(__file__).resolve()
 BATCH = 8  # global

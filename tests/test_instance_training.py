@@ -29,7 +29,7 @@ def test_trains_exports_and_the_export_loads_as_a_pretrained_model(tmp_path, mon
     model = build_model(cfg.model).eval()  # model.pretrained = the export
     assert model.config.id2label == {0: "disc", 1: "tower", 2: "kite", 3: "shield"}
     trained = build_model({**cfg.model, "pretrained": None}, num_labels=4).eval()
-    from partdistill.engine.checkpoint import load_model_weights
+    from partdistill.models.weights import load_model_weights
 
     load_model_weights(trained, run_dir / "instance_training")
     x = torch.randn(1, 3, 64, 64)

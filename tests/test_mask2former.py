@@ -252,7 +252,7 @@ def test_top_instance_scores_follow_the_formula():
 
 
 def test_model_weights_load_a_partdistill_checkpoint(tmp_path):
-    from partdistill.engine.checkpoint import save_model_weights
+    from partdistill.models.weights import save_model_weights
     from partdistill.errors import UserError
 
     cfg = OmegaConf.load(CONFIG_DIR / "model/tiny.yaml")

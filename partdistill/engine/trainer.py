@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from partdistill.config.schema import Resume
 from partdistill.engine import checkpoint as ckpt_io
+from partdistill.models.weights import Checkpoint, latest_checkpoint, list_checkpoints
 from partdistill.engine import identity as training_identity
 from partdistill.engine import preemption
 from partdistill.engine.rng import rng_preserved, rng_state, seed_rank
@@ -154,7 +155,7 @@ class Trainer:
             if self.world_size > 1:  # ranks drew from one seed so far (identical weights); now their own streams
                 seed_rank(self.rank)
             return
-        found = ckpt_io.Checkpoint.at(self.checkpoint_dir, iteration)
+        found = Checkpoint.at(self.checkpoint_dir, iteration)
         state = ckpt_io.load_checkpoint(found, self.model, self.optimizer, self.scheduler, rank=self.rank)
         self.sampler.load_state_dict(state["extra"]["sampler"])
         self.iter = self.start_iter = state["iteration"]
@@ -163,7 +164,7 @@ class Trainer:
         """(the iteration to resume from, or None to start at 0; why this run may not use the folder's
         checkpoints, or None), decided on rank 0, which records this run's identity when it goes on."""
         folder = self.checkpoint_dir
-        existing = ckpt_io.list_checkpoints(folder)
+        existing = list_checkpoints(folder)
         if self.identity is not None and existing:
             problem = training_identity.explain(folder, self.identity, existing[0].iteration, self.max_iter)
             if problem is not None and self.resume is not Resume.restart:
@@ -176,7 +177,7 @@ class Trainer:
             training_identity.record(folder, self.identity, self.max_iter)
         if self.resume is Resume.never:
             return None, None
-        found = ckpt_io.latest_checkpoint(folder)
+        found = latest_checkpoint(folder)
         return (found.iteration if found else None), None
 
     def save_checkpoint(self, collective: bool = True) -> Path | None:

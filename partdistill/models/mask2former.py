@@ -48,7 +48,7 @@ def build_model(model_cfg, num_labels: int | None = None):
 
             model = Mask2FormerForUniversalSegmentation(_mask2former_config(options, num_labels))
     if options.get("weights"):
-        from partdistill.engine.checkpoint import load_model_weights
+        from partdistill.models.weights import load_model_weights
 
         load_model_weights(model, options["weights"])
     return model

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from partdistill.config import suite_dataset
 from partdistill.data import catalog
 from partdistill.data.augmentation import InstanceDataset
-from partdistill.engine.checkpoint import load_all_but_head
+from partdistill.models.weights import load_all_but_head
 from partdistill.errors import UserError
 from partdistill.evaluation.part_miou import PartMIoUEvaluator
 from partdistill.models.conditioned_head import (

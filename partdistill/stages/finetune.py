@@ -50,7 +50,7 @@ from omegaconf import DictConfig
 
 from partdistill.data import catalog, masks
 from partdistill.data.augmentation import InstanceDataset
-from partdistill.engine.checkpoint import load_all_but_head
+from partdistill.models.weights import load_all_but_head
 from partdistill.engine.distributed import is_main_process
 from partdistill.errors import ConfigError, UserError
 from partdistill.evaluation.supervised import SupervisedMIoUEvaluator

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from partdistill.data import catalog, masks
 from partdistill.data.images import image_loader
-from partdistill.engine.checkpoint import load_model_file, resolve_model_file
+from partdistill.models.weights import load_model_file, resolve_model_file
 from partdistill.errors import UserError
 from partdistill.models import ranking
 from partdistill.models.inputs import preprocess
