@@ -25,9 +25,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from partdistill import config
 from partdistill.errors import ConfigError
+from partdistill.identity import differing_keys
 from partdistill.plan import INPUTS
 from partdistill.stages import PARTITIONED, stages_to_run
+from partdistill.stages.finetune import output_name
+from partdistill.stages.training import config_identity
+from partdistill.store import Store
 
 SHORTHAND = re.compile(r"^stage\.partition=(all|incomplete)$")
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -62,8 +67,6 @@ def overrides_of(args: list[str], keep_hydra: bool = False) -> list[str]:
 def _compose(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from partdistill import config
-
     sweeps = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
     if sweeps:
         raise ConfigError(
@@ -75,8 +78,6 @@ def _compose(overrides: list[str]):
 
 def partitions(word: str, overrides: list[str]) -> tuple[list[int], str]:
     """The partition indices `stage.partition=<word>` stands for, and a sentence saying why."""
-    from partdistill.store import Store
-
     cfg = _compose(overrides)
     stage = cfg.stage
     if stage.name not in PARTITIONED or "num_partitions" not in stage:
@@ -136,9 +137,6 @@ def refuse_shared_training_folders(configs: list[DictConfig]) -> None:
     """Raises ConfigError when jobs of a sweep would train into one folder under different configurations
     (the keys that count for resuming: partdistill.stages.training.config_identity), naming the swept
     keys and a run_dir that gives each job its own folder."""
-    from partdistill.identity import differing_keys
-    from partdistill.stages.training import config_identity
-
     folders: dict[Path, list[tuple[int, dict]]] = {}
     shown: dict[Path, tuple[DictConfig, str]] = {}
     for num, cfg in enumerate(configs):
@@ -172,7 +170,5 @@ def _training_folder(cfg: DictConfig, name: str, stage: DictConfig) -> str:
     fraction and subset seed (partdistill.stages.finetune.output_name)."""
     if name != "finetune":
         return name
-    from partdistill.stages.finetune import output_name
-
     head = getattr(stage.head, "value", stage.head)
     return f"{name}/{output_name(cfg.eval.suite, head, stage.fraction, int(stage.subset_seed))}"

@@ -7,7 +7,7 @@ def allreduce() -> dict:
     import torch
     import torch.distributed as dist
 
-    from partdistill.engine.distributed import cleanup, environment, init_distributed
+    from partdistill.engine.distributed import environment, init_distributed
 
     source = environment().source  # before init_distributed exports RANK, WORLD_SIZE, ... for env://
     rank, world_size, local_rank = init_distributed()
@@ -15,5 +15,5 @@ def allreduce() -> dict:
     dist.all_reduce(value)
     out = {"rank": rank, "world_size": world_size, "local_rank": local_rank, "sum": value.item(),
            "backend": dist.get_backend(), "source": source}
-    cleanup()
+    dist.destroy_process_group()
     return out

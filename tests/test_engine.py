@@ -415,7 +415,7 @@ def _run(run_dir: str, max_iter: str, report_at: str | None = None) -> None:
 
 
 def _ddp(root: str) -> None:
-    from partdistill.engine.distributed import cleanup, init_distributed
+    from partdistill.engine.distributed import init_distributed
 
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
@@ -425,7 +425,7 @@ def _ddp(root: str) -> None:
     stopped.train()
     assert stopped.iter == 3  # rank 1 stops with rank 0
     make_trainer(Path(root) / "cut", 8, rank=rank).train()
-    cleanup()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -231,10 +231,3 @@ def partition(table_or_class_counts: pa.Table | Mapping[str, int], index: int, n
     first, last = _class_range(counts, index, num_partitions)
     return wnids[first:last]
 
-
-def partition_rows(table: pa.Table, index: int, num_partitions: int) -> pa.Table:
-    """The rows of `table` (an index) whose classes are in `partition(table, index, num_partitions)`."""
-    _, counts = _as_counts(table)
-    first, last = _class_range(counts, index, num_partitions)
-    start = sum(counts[:first])
-    return table.slice(start, sum(counts[first:last]))

@@ -130,10 +130,3 @@ def is_main_process() -> bool:
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
-
-def cleanup() -> None:
-    """Destroys the default process group if one exists."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from partdistill.config.schema import BackboneConfig, ModelConfig
 from partdistill.errors import ModelConfigError, PretrainedUnavailable
+from partdistill.models.weights import load_model_weights
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ def build_model(model_cfg, num_labels: int | None = None):
 
             model = Mask2FormerForUniversalSegmentation(_mask2former_config(options, num_labels))
     if options.get("weights"):
-        from partdistill.models.weights import load_model_weights
-
         load_model_weights(model, options["weights"])
     return model
 

@@ -169,9 +169,6 @@ class ClassClusters:
     counts: list[int]
     too_few: dict[str, int]
 
-    def of(self, key: str) -> Tensor | None:
-        return self.centroids[self.classes.index(key)] if key in self.classes else None
-
 
 def cluster_classes(features: dict[str, Tensor], k: int, dim: int, iters: int = 300, tol: float = 1e-4,
                     n_init: int = 10, generator: torch.Generator | None = None,

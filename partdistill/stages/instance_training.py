@@ -22,10 +22,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from partdistill.data import catalog
+from partdistill.data.augmentation import InstanceDataset
 from partdistill.engine.distributed import is_main_process
 from partdistill.errors import UserError
+from partdistill.evaluation.instances import TopInstanceIoUEvaluator
+from partdistill.models.inputs import to_model_sample
+from partdistill.models.losses import configure_loss, loss_terms
+from partdistill.models.mask2former import build_model
 from partdistill.paths import project_root
 from partdistill.stages.common import device_of
+from partdistill.stages.inference import proposals
 from partdistill.stages.training import score, split_records, train
 
 STAGE = "instance_training"
@@ -49,9 +55,6 @@ def model_options(cfg: DictConfig) -> dict:
 
 def evaluate_instances(model, dataset: str, size: int, device, batch_size: int, limit: int | None = None) -> dict:
     """{dataset: top-instance IoU} of the model on a catalog split (e.g. synthetic_val)."""
-    from partdistill.evaluation.instances import TopInstanceIoUEvaluator
-    from partdistill.stages.inference import proposals
-
     name, records = split_records(dataset, limit)
     return {name: score(model, TopInstanceIoUEvaluator(), records, proposals(1), size, device, batch_size).evaluate()}
 
@@ -69,11 +72,6 @@ def export(model, folder: Path, class_names: list[str]) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
-    from partdistill.data.augmentation import InstanceDataset
-    from partdistill.models.inputs import to_model_sample
-    from partdistill.models.losses import configure_loss, loss_terms
-    from partdistill.models.mask2former import build_model
-
     s = cfg.stage
     records = catalog.load(cfg.data.train, project_root())
     items = training_items(records)

@@ -16,20 +16,31 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from partdistill.config import suite_dataset
 from partdistill.data import catalog
 from partdistill.data.augmentation import collate
 from partdistill.data.images import loader_workers
 from partdistill.engine.distributed import is_main_process
-from partdistill.engine.hooks import Hook
+from partdistill.engine.hooks import (
+    EvalHook,
+    Hook,
+    JSONLWriter,
+    PeriodicCheckpointer,
+    TensorBoardWriter,
+)
+from partdistill.engine.sampler import ResumableSampler
+from partdistill.engine.solver import build_optimizer, build_scheduler
+from partdistill.engine.trainer import Trainer
+from partdistill.evaluation.proposals import ProposalAREvaluator
 from partdistill.io import write_json_atomic
 from partdistill.paths import project_root
+from partdistill.stages.common import device_of
+from partdistill.stages.inference import predict_records, proposals
 
 
 def suite_records(suite: str, limit: int | None = None, split: int = 0, run_eval=None) -> tuple[str, list[dict]]:
     """(catalog name, records with annotations) of a suite's scored split (`split=1`: its match split);
     `run_eval`: the run's composed `eval` (plan.suite_dataset)."""
-    from partdistill.config import suite_dataset
-
     dataset, splits = suite_dataset(suite, run_eval)
     return split_records(f"{dataset}_{splits[split]}", limit)
 
@@ -43,8 +54,6 @@ def split_records(name: str, limit: int | None = None) -> tuple[str, list[dict]]
 def score(model, evaluator, records: list[dict], to_predictions, size: int, device: torch.device, batch_size: int):
     """Feeds the model's predictions on `records` (images fit into `size`, `batch_size` per forward pass)
     to `evaluator`; returns it."""
-    from partdistill.stages.inference import predict_records
-
     for chunk, predictions in predict_records(model, records, to_predictions, size, device, batch_size):
         evaluator.process(chunk, predictions)
     return evaluator
@@ -54,9 +63,6 @@ def score_proposals(model, name: str, records: list[dict], size: int, device: to
                     **options) -> dict:
     """AR@k and AR-nonoverlap@k of the model's top proposals on `records` of dataset `name`;
     `options` go to the ProposalAREvaluator (min_gt_iou, object_class)."""
-    from partdistill.evaluation.proposals import ProposalAREvaluator
-    from partdistill.stages.inference import proposals
-
     evaluator = ProposalAREvaluator(catalog.metadata(name, project_root()), **options)
     return score(model, evaluator, records, proposals(max(evaluator.limits)), size, device, batch_size).evaluate()
 
@@ -150,17 +156,6 @@ def train(cfg: DictConfig, stage_name: str, model, dataset, loss_fn, evaluate: C
     beside the checkpoints, and checkpoints made under another identity are refused (UserError)
     unless `stage.resume=restart`.
     """
-    from partdistill.engine.hooks import (
-        EvalHook,
-        JSONLWriter,
-        PeriodicCheckpointer,
-        TensorBoardWriter,
-    )
-    from partdistill.engine.sampler import ResumableSampler
-    from partdistill.engine.solver import build_optimizer, build_scheduler
-    from partdistill.engine.trainer import Trainer
-    from partdistill.stages.common import device_of
-
     s = cfg.stage
     out_dir = Path(cfg.run_dir) / stage_name
     identity = None
