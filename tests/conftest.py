@@ -38,3 +38,13 @@ def empty_root(tmp_path, monkeypatch) -> Path:
     """A $PART_DISTILLATION_ROOT with no datasets folder at all."""
     monkeypatch.setenv("PART_DISTILLATION_ROOT", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture
+def synth(tmp_path, monkeypatch) -> Path:
+    """A $PART_DISTILLATION_ROOT holding the built-in synthetic data set, 6 images per split."""
+    from partdistill.data import synthetic
+
+    monkeypatch.setenv("PART_DISTILLATION_ROOT", str(tmp_path))
+    synthetic.synthesize("synthetic", tmp_path / "datasets/synthetic", num_images=6, seed=0)
+    return tmp_path

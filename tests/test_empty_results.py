@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from partdistill import stages
-from partdistill.data import imagenet, synthetic
+from partdistill.data import imagenet
 from partdistill.errors import UserError
 from partdistill.store import Store
-
-
-@pytest.fixture
-def synth(tmp_path, monkeypatch):
-    monkeypatch.setenv("PART_DISTILLATION_ROOT", str(tmp_path))
-    synthetic.synthesize("synthetic", tmp_path / "datasets/synthetic", num_images=6, seed=0)
-    return tmp_path
-
-
-def run(compose_cfg, run_dir, stage, *overrides):
-    return stages.run(compose_cfg("experiment=smoke", f"stage={stage}", f"run_dir={run_dir}", *overrides))[stage]
+from test_stage_grouping import run
 
 
 def test_ground_truth_objects_of_imagenet_are_an_error_that_names_the_fix(tmp_path, monkeypatch, compose_cfg):

@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 
 from partdistill import stages
-from partdistill.data import masks, part_imagenet, synthetic
+from partdistill.data import masks, part_imagenet
 from partdistill.models.dcrf import DenseCRFUnavailable
 from partdistill.stages import pixel_grouping
 from partdistill.store import Store, StoreMismatch
-
-
-@pytest.fixture
-def synth(tmp_path, monkeypatch):
-    monkeypatch.setenv("PART_DISTILLATION_ROOT", str(tmp_path))
-    synthetic.synthesize("synthetic", tmp_path / "datasets/synthetic", num_images=6, seed=0)
-    return tmp_path
 
 
 def run(compose_cfg, run_dir, stage, *overrides):
