@@ -41,3 +41,23 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data, indent: int | None = None) -> None:
     write_text_atomic(path, json.dumps(data, indent=indent))
+
+
+def _umask() -> int:
+    """This process's umask. Linux shows it in /proc; elsewhere it is read by setting and restoring
+    it, which a thread creating a file at that moment could see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode() -> int:
+    """The permissions a new file gets under this process's umask (0644 under 022): what a library that
+    creates its files 0600 (safetensors) should be given, so a team can read the outputs."""
+    return 0o666 & ~_umask()

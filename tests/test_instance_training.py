@@ -2,6 +2,8 @@
 save_pretrained so that the next stages load it as they load the COCO model (`model.pretrained=`)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -19,11 +21,15 @@ def test_trains_exports_and_the_export_loads_as_a_pretrained_model(tmp_path, mon
     synthetic.synthesize("synthetic", tmp_path / "datasets/synthetic", num_images=4, seed=0)
     run_dir = tmp_path / "runs/a"
     export = run_dir / "instance_training/pretrained"
+    umask = os.umask(0o022)
+    os.umask(umask)
     cfg = compose_cfg("experiment=smoke", "stage=instance_training", f"run_dir={run_dir}", f"model.pretrained={export}")
     result = stages.run(cfg)["instance_training"]
     assert (result["start_iter"], result["iterations"]) == (0, 4)
     assert isinstance(result["eval/synthetic_val/top_instance_IoU"], float)
     assert sorted(p.name for p in export.iterdir()) == ["config.json", "model.safetensors"]
+    # readable by the team like every other output (safetensors would create it 0600)
+    assert {p.name: p.stat().st_mode & 0o777 for p in export.iterdir()}["model.safetensors"] == 0o666 & ~umask
     assert f"instance model -> {export}" in capsys.readouterr().out
     # the export is a transformers folder with the class names, loaded by the option that loads COCO's model
     model = build_model(cfg.model).eval()  # model.pretrained = the export

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from partdistill.errors import UserError
-from partdistill.io import replace_atomically
+from partdistill.io import output_mode, replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def save_model_weights(path: Path | str, model: nn.Module, metadata: dict[str, s
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp), metadata=meta)
         _sort_metadata(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600, hiding them from a team
+        os.chmod(tmp, output_mode())  # safetensors creates its files 0600, hiding them from a team
 
     replace_atomically(Path(path), write, durable=True)
 
@@ -92,20 +92,6 @@ def _sort_metadata(path: Path) -> None:
             return
         f.seek(8)
         f.write(text.ljust(size))
-
-
-def _umask() -> int:
-    """This process's umask. Linux shows it in /proc; elsewhere it is read by setting and restoring
-    it, which a thread creating a file at that moment could see."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _files(folder: Path) -> list[tuple[str, int, Path]]:

@@ -17,6 +17,7 @@ from partdistill.config.ranges import check_partition
 from partdistill.engine.distributed import environment
 from partdistill.errors import UserError
 from partdistill.store import Store, class_key, partition_records
+from partdistill.store.writer import Completed
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def run_partitions(store: Store, stage: DictConfig, records: list[dict],
             continue
         part = partition_records(records, index, stage.num_partitions)
         with store.write_shard(index, classes=sorted({class_key(r) for r in part})) as shard:
+            if isinstance(shard, Completed):  # another process wrote it while this one waited
+                continue
             counts.update(write(index, part, shard))
         written += 1
     return {**counts, "partitions_written": written, "incomplete": len(store.incomplete()),

@@ -29,6 +29,7 @@ from partdistill.evaluation.instances import TopInstanceIoUEvaluator
 from partdistill.models.inputs import to_model_sample
 from partdistill.models.losses import configure_loss, loss_terms
 from partdistill.models.mask2former import build_model
+from partdistill.io import output_mode
 from partdistill.paths import project_root
 from partdistill.stages.common import device_of
 from partdistill.stages.inference import proposals
@@ -66,6 +67,8 @@ def export(model, folder: Path, class_names: list[str]) -> None:
     staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
+    for path in staging.iterdir():  # safetensors writes model.safetensors 0600
+        os.chmod(path, output_mode())
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(staging, folder)
