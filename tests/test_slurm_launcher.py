@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.partdistill_launchers import launchers, submission
+from hydra_plugins.partdistill_launchers import launchers, reporting, submission
 from partdistill import config, sweeps
 from partdistill.paths import CHECKOUT
 from partdistill.engine import distributed, preemption
@@ -107,7 +107,7 @@ def test_snapshot_copies_code_config_and_metadata(tmp_path):
 def test_resubmit_command_swaps_the_partitions_for_incomplete():
     argv = ["launch.py", "-m", "hydra/launcher=slurm", "stage=pixel_grouping", "stage.partition=range(0,40)",
             "hydra.sweep.dir=/x", "hydra.launcher.partition=gpu"]
-    assert launchers.resubmit_command(argv) == (
+    assert reporting.resubmit_command(argv) == (
         "python launch.py -m hydra/launcher=slurm stage=pixel_grouping hydra.launcher.partition=gpu "
         "stage.partition=incomplete")
 
