@@ -65,10 +65,11 @@ def _gt_objects(records: list[dict], shard) -> Counter:
     return counts
 
 
-def _model_objects(cfg: DictConfig, model, records: list[dict], shard) -> Counter:
+def _model_objects(s: DictConfig, model, records: list[dict], shard, device: torch.device,
+                   workers: int | None) -> Counter:
+    """Each readable image's most confident instance (stage options `s`) into `shard`; the counts."""
     counts = Counter()
-    s, device = cfg.stage, device_of(cfg)
-    loader = image_loader(records, s.batch_size, cfg.data.num_workers)
+    loader = image_loader(records, s.batch_size, workers)
     for readable, skipped in tqdm(loader, desc="instance masks", unit="batch", disable=None):
         for sample in skipped:
             shard.skip(sample["record"]["file_name"], sample["skipped"])
@@ -100,7 +101,8 @@ def run(cfg: DictConfig) -> dict:
         result = run_partitions(store, s, records, lambda index, part, shard: _gt_objects(part, shard))
     else:
         model = build_model(cfg.model).eval().to(device_of(cfg))
-        result = run_partitions(store, s, records, lambda index, part, shard: _model_objects(cfg, model, part, shard))
+        result = run_partitions(store, s, records, lambda index, part, shard: _model_objects(s, model, part, shard, device_of(cfg),
+                                                                                     cfg.data.num_workers))
     result = {"images": 0, "objects": 0, "skipped": 0, **result}
     if s.source.value == "gt":
         hint = (f"stage.source=gt takes the ground-truth objects of {cfg.data.train}, and it has none (ImageNet has "

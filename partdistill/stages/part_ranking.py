@@ -132,10 +132,9 @@ def identity(cfg: DictConfig, upstream_hash: str, weights: Path, iteration: int 
 # one shard
 
 
-def _forward(cfg: DictConfig, model, items: list[dict], desc: str):
+def _forward(s: DictConfig, model, items: list[dict], desc: str, device: torch.device, workers: int | None):
     """(readable samples, skipped samples, Batch, outputs, features [B, Q, D], P(part) [B, Q]) per batch."""
-    s, device = cfg.stage, device_of(cfg)
-    loader = image_loader(items, s.batch_size, cfg.data.num_workers)
+    loader = image_loader(items, s.batch_size, workers)
     for readable, skipped in tqdm(loader, desc=desc, unit="batch", disable=None):
         if not readable:
             yield readable, skipped, None, None, None, None
@@ -164,11 +163,12 @@ def _logits(outputs, batch, b: int, queries: torch.Tensor) -> torch.Tensor:
                         batch.image_sizes[b], batch.original_sizes[b])
 
 
-def _cluster_features(cfg: DictConfig, model, items: list[dict], counts: Counter) -> dict[str, list[torch.Tensor]]:
-    s = cfg.stage
+def _cluster_features(s: DictConfig, model, items: list[dict], counts: Counter, device: torch.device,
+                      workers: int | None) -> dict[str, list[torch.Tensor]]:
     filters = ranking.Filters(s.min_area_ratio_1, s.min_score_1, s.min_object_iou)
     features: dict[str, list[torch.Tensor]] = {item["class_key"]: [] for item in items}
-    for readable, _, batch, outputs, feats, fg in _forward(cfg, model, items, "part ranking: cluster pass"):
+    for readable, _, batch, outputs, feats, fg in _forward(s, model, items, "part ranking: cluster pass",
+                                                           device, workers):
         for b, sample in enumerate(readable):
             found = _object_masks(sample["record"], batch.original_sizes[b], feats.device)
             if found is None or not found[0]:
@@ -199,10 +199,11 @@ def _labelled_record(record: dict, objects: list[dict], object_masks: torch.Tens
     return {key: record[key] for key in RECORD_KEYS} | {"objects": out} if out else None
 
 
-def _rank_shard(cfg: DictConfig, model, items: list[dict], shard, generator: torch.Generator) -> Counter:
-    s, device = cfg.stage, device_of(cfg)
+def _rank_shard(s: DictConfig, model, items: list[dict], shard, generator: torch.Generator, device: torch.device,
+                workers: int | None) -> Counter:
+    """Clusters each class's proposal features of `items` and labels their proposals into `shard`."""
     counts = Counter()
-    features = _cluster_features(cfg, model, items, counts)
+    features = _cluster_features(s, model, items, counts, device, workers)
     dim = model.config.hidden_dim
     clusters = ranking.cluster_classes({c: torch.cat(f) if f else torch.zeros(0, dim) for c, f in features.items()},
                                        s.num_clusters, dim, iters=s.kmeans_iters, tol=s.kmeans_tol,
@@ -222,7 +223,8 @@ def _rank_shard(cfg: DictConfig, model, items: list[dict], shard, generator: tor
         counts["skipped"] += 1
     filters = ranking.Filters(s.min_area_ratio_2, s.min_score_2, s.min_object_iou)
     centroids = dict(zip(clusters.classes, clusters.centroids.to(device)))
-    for readable, skipped, batch, outputs, feats, fg in _forward(cfg, model, labelled, "part ranking: label pass"):
+    passes = _forward(s, model, labelled, "part ranking: label pass", device, workers)
+    for readable, skipped, batch, outputs, feats, fg in passes:
         for sample in skipped:
             shard.skip(sample["record"]["file_name"], sample["skipped"])
             counts["skipped"] += 1
@@ -263,7 +265,7 @@ def run(cfg: DictConfig) -> dict:
             loaded.append(load_proposal_model(cfg, weights).eval().to(device))
         items = list(upstream.records(classes={class_key(r) for r in part}))
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + index)  # the same on reruns
-        return _rank_shard(cfg, loaded[0], items, shard, generator)
+        return _rank_shard(s, loaded[0], items, shard, generator, device, cfg.data.num_workers)
 
     result = {"images": 0, "objects": 0, "parts": 0, "classes": 0, "classes_too_few_features": 0, "skipped": 0,
               **run_partitions(store, s, catalog.load(cfg.data.train, project_root()), write)}

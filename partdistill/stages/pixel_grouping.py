@@ -73,12 +73,13 @@ def _refine(image: np.ndarray, labels: np.ndarray, mask: np.ndarray, k: int, par
     return np.where(mask & (refined > 0), refined - 1, -1)
 
 
-def _group_shard(cfg: DictConfig, model, items: list[dict], shard, generator: torch.Generator) -> dict:
-    s, device = cfg.stage, device_of(cfg)
+def _group_shard(s: DictConfig, model, items: list[dict], shard, generator: torch.Generator, device: torch.device,
+                 workers: int | None) -> dict:
+    """Groups the pixels of every object of `items` (stage options `s`) into `shard`; the counts."""
     params = GroupingParams(k=s.kmeans.k, metric=s.metric.value, iters=s.kmeans.iters, tol=s.kmeans.tol,
                             init=s.kmeans.init, n_init=s.kmeans.n_init)
     counts = Counter()
-    loader = image_loader(items, s.batch_size, cfg.data.num_workers)
+    loader = image_loader(items, s.batch_size, workers)
     for readable, skipped in tqdm(loader, desc="pixel grouping", unit="batch", disable=None):
         for sample in skipped:
             shard.skip(sample["record"]["file_name"], sample["skipped"])
@@ -132,7 +133,7 @@ def run(cfg: DictConfig) -> dict:
     def write(index: int, part: list[dict], shard) -> Counter:
         items = list(upstream.records(classes={class_key(r) for r in part}))
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + index)  # the same shard on every rerun
-        return _group_shard(cfg, model, items, shard, generator)
+        return _group_shard(s, model, items, shard, generator, device_of(cfg), cfg.data.num_workers)
 
     result = {"images": 0, "objects": 0, "too_small": 0,
               **run_partitions(store, s, catalog.load(cfg.data.train, project_root()), write)}
@@ -173,7 +174,8 @@ def evaluate_grouping(cfg: DictConfig, dataset: str, out: Path, suite: str) -> d
              for r in catalog.load(dataset, project_root()) if r["annotations"]]
     model = build_model(cfg.model).eval().to(device_of(cfg))
     sink = _Collector()
-    _group_shard(cfg, model, items, sink, torch.Generator().manual_seed(cfg.seed))
+    _group_shard(cfg.stage, model, items, sink, torch.Generator().manual_seed(cfg.seed), device_of(cfg),
+                 cfg.data.num_workers)
     predictions = [{"image_id": r["image_id"], "segmentation": part["segmentation"], "label": part["cluster"], "score": 1.0}
                    for r in sink.records for obj in r["objects"] for part in obj["parts"]]
     out.mkdir(parents=True, exist_ok=True)
