@@ -7,6 +7,7 @@
     partdistill evaluate --dataset NAME --predictions FILE --out DIR   score saved predictions
     partdistill report SWEEP_DIR                       the summary table of an evaluation multirun
     partdistill store show RUN_DIR STAGE [--overlays N]   a store's shards, and PNGs of its pseudo-labels
+    partdistill status RUN_DIR [--json]                where each stage of a run stands, read from its folder
 """
 from __future__ import annotations
 
@@ -143,6 +144,20 @@ def store_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """Each stage of the run in RUN_DIR: done, partial (with what is missing) or not started."""
+    from partdistill.errors import UserError
+    from partdistill.status import format_status, run_status
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder (a run's folder is its run_dir, by default "
+                        "$PART_DISTILLATION_ROOT/runs/<experiment>_<data>)")
+    rows = run_status(run_dir)
+    print(json.dumps(rows, indent=2) if args.json else format_status(run_dir, rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--overlays", type=int, default=8, help="PNG overlays to write (0: none)")
     show.add_argument("--out", help="folder for the overlays (default: RUN_DIR/overlays/<stage>)")
     show.set_defaults(func=store_show)
+    where = commands.add_parser("status", help="where each stage of a run stands (read from its folder)")
+    where.add_argument("run_dir", help="the run's folder (its run_dir)")
+    where.add_argument("--json", action="store_true", help="one JSON object per stage")
+    where.set_defaults(func=status)
     return parser
 
 
