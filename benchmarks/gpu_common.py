@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import logging
 import statistics
 import time
@@ -96,22 +97,29 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def make_items(folder: Path, count: int, height: int, width: int, seed: int = 0) -> list[dict]:
-    """`count` ImageNet-sized JPEGs, each with one planted object of 4 parts (about 45 % of the
+def make_items(folder: Path, count: int, height: int, width: int, seed: int = 0, distinct: int = 32) -> list[dict]:
+    """`count` ImageNet-sized JPEG files, each with one planted object of 4 parts (about 45 % of the
     image, ~2,000 points on the res3 grid at 640 as real ImageNet objects): training items of
     `data.augmentation.InstanceDataset` ({"file_name", "segments", "labels"}) with the object's mask
-    (RLE, "object") for the grouping and ranking passes."""
-    rng = np.random.default_rng(seed)
+    (RLE, "object") for the grouping and ranking passes. `distinct` scenes are drawn (~0.1 s each)
+    and written to `count` files in turn: reading and augmenting costs the same whatever the content,
+    and drawing hundreds would take a large share of the GPU run's time."""
     folder.mkdir(parents=True, exist_ok=True)
-    items = []
-    for i in range(count):
-        scene = planted.draw_scene(rng, height, width, [4], [0])
-        path = folder / f"{i:05d}.JPEG"
-        Image.fromarray(scene.image).save(path, quality=90)
+    drawn = []
+    for i in range(min(count, distinct)):
+        scene = planted.draw_scene(np.random.default_rng([seed, i]), height, width, [4], [0])
+        jpeg = io.BytesIO()
+        Image.fromarray(scene.image).save(jpeg, format="JPEG", quality=90)
         obj = scene.objects[0]
         segments = [masks.encode(m) for m in obj.part_masks if m.any()]
-        items.append({"file_name": str(path), "segments": segments, "labels": [0] * len(segments),
-                      "object": masks.encode(obj.mask)})
+        drawn.append((jpeg.getvalue(), {"segments": segments, "labels": [0] * len(segments),
+                                        "object": masks.encode(obj.mask)}))
+    items = []
+    for i in range(count):
+        data, annotations = drawn[i % len(drawn)]
+        path = folder / f"{i:05d}.JPEG"
+        path.write_bytes(data)
+        items.append({"file_name": str(path), **annotations})
     return items
 
 

@@ -103,7 +103,7 @@ def table(results: dict) -> str:
                 figure = f"{_fmt(p['step_s']['median_s'] * 1000)} ms/step, {_fmt(p['images_per_s'])} images/s{mem}"
             else:
                 figure = f"OOM ({p['oom']})" if "oom" in p else p["skipped"]
-            lines.append(f"| training step: {key} ({sweep['num_labels']} labels) | batch {p['batch']}, "
+            lines.append(f"| training step: {key}, head of {sweep['num_labels']} labels | batch {p['batch']}, "
                          f"{sweep['image_size']} px | {figure} |")
     loader = results.get("loader")
     if loader:
