@@ -18,7 +18,9 @@ Mask2Former, random weights, nothing downloaded) with each stage's config as `la
 (e) the projection of `experiment=compute_friendly` (ImageNet-1K, one 8-GPU node) and
     `experiment=paper` (ImageNet-22K, 64 GPUs) from these figures (gpu_report.py says how).
 It prints one Markdown table at the end and writes every figure to `--out` (JSON, rewritten after
-each part, so a run stopped by its time limit still leaves what it measured).
+each part, so a run stopped by its time limit still leaves what it measured). A part that raises is
+recorded with its traceback (`errors`) and the next part runs: one call on a lent GPU brings back
+every figure that can be had.
 
 An agreement that fails (the k-means inertia) makes the script exit non-zero at the end, after the
 table and the JSON are written. `--cpu-smoke` (alias `--smoke`, tests/test_benchmarks.py) runs the
@@ -39,7 +41,9 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -86,106 +90,118 @@ def overrides(args, stage: str) -> tuple[list[str], list[str]]:
     return ["model=tiny"], extra
 
 
+def inference(run) -> None:
+    """(c) object masks and (b) pixel grouping with the instance model (COCO's 80 classes), then (c)
+    one part-ranking pass with the one-class proposal model."""
+    primary, cfgs = run.primary, run.cfgs
+    model = build_on(primary["object_masks"].model, run.device).eval()
+    out = run.results["object_masks"] = {}
+    for batch in sorted({cfgs[e]["object_masks"].stage.batch_size for e in cfgs}):
+        for precision in ("fp32", "bf16"):
+            out[f"{precision}@{batch}"] = object_masks(model, run.images, run.cap(batch),
+                                                       primary["object_masks"].stage.image_size, run.device,
+                                                       precision, *run.timing)
+    run.results["pixel_grouping"] = {
+        p: pixel_grouping(model, run.images, run.rles, primary["pixel_grouping"].stage, run.device, p, *run.timing,
+                          run.args.sklearn_objects) for p in ("fp32", "bf16")}
+    del model
+    free(run.device)
+    model = build_on(primary["part_ranking"].model, run.device, num_labels=1).eval()
+    run.results["part_ranking"] = {p: ranking_pass(model, run.images, run.rles, primary["part_ranking"].stage,
+                                                   run.device, p, *run.timing) for p in ("fp32", "bf16")}
+
+
+def proposal_steps(run) -> None:
+    """(a) one sweep: proposal learning trains the same model in every experiment."""
+    batches = sorted({run.per_gpu[e, "proposal_learning"] for e in run.cfgs} | {run.cap(b) for b in run.args.sweep})
+    run.results["training"]["proposal_learning"] = train_sweep(
+        run.primary["proposal_learning"], "proposal_learning", 1, run.items, batches, run.device, *run.timing,
+        run.args.sweep_budget)
+
+
+def distillation_steps(run, experiment: str) -> None:
+    """(a) distillation of one training set: its head has num_part_classes x the set's classes outputs."""
+    cfg = run.cfgs[experiment]["distillation"]
+    parts, classes = int(cfg.stage.num_part_classes), DATASETS[cfg.data.name]["classes"]
+    key = run.keys[experiment]["distillation"] = f"distillation@{cfg.data.name}"
+    if key in run.results["training"]:
+        return
+    sweep = run.args.sweep if experiment == run.args.sweep_experiment else []
+    batches = sorted({run.per_gpu[experiment, "distillation"]} | {run.cap(b) for b in sweep})
+    run.results["training"][key] = train_sweep(cfg, "distillation", parts * classes,
+                                               stage_items(run.items, "distillation", classes, parts), batches,
+                                               run.device, *run.timing, run.args.sweep_budget)
+
+
+def loader(run) -> None:
+    """(d) the loader against what a proposal-learning step at the per-GPU batch consumes."""
+    batch = run.per_gpu[run.args.sweep_experiment, "proposal_learning"]
+    out = loader_rate(run.items, run.primary["proposal_learning"].stage, batch, run.args.loader_batches)
+    sweep = run.results["training"].get("proposal_learning", {"points": []})
+    step = [p for p in sweep["points"] if p["batch"] == batch and "step_s" in p]
+    out["step_images_per_s"] = step[0]["images_per_s"] if step else None
+    out["step_share"] = out["step_images_per_s"] / out["samples_per_s"] if step else float("nan")
+    run.results["loader"] = out
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("bench_gpu.py: no CUDA device here; --cpu-smoke runs the same code on the CPU")
     device = torch.device("cpu" if args.smoke else "cuda")
-    cap = (lambda b: min(b, args.batch_cap)) if args.batch_cap else (lambda b: b)
     started = time.perf_counter()
     torch.manual_seed(0)  # the random weights, hence the features the k-means sides compare, are the same every run
     cfgs = {e: {s: stage_config(e, s, *overrides(args, s)) for s in STAGES} for e in args.experiments}
-    primary = cfgs[args.sweep_experiment]
     gpus = {e: args.gpus or c["distillation"].stage.resources.nodes * c["distillation"].stage.resources.gpus_per_node
             for e, c in cfgs.items()}
-    per_gpu = {(e, s): cap(cfgs[e][s].stage.solver.ims_per_batch // gpus[e]) for e in cfgs
-               for s in ("proposal_learning", "distillation")}
+    cap = (lambda b: min(b, args.batch_cap)) if args.batch_cap else (lambda b: b)
     results = {"mode": "cpu-smoke" if args.smoke else "gpu", "meta": device_info(device), "settings": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "sections_s": {}}
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "sections_s": {}, "errors": {},
+        "training": {}}
+    run = SimpleNamespace(args=args, device=device, cfgs=cfgs, primary=cfgs[args.sweep_experiment], cap=cap,
+                          timing=(args.warmup, args.repeat), results=results,
+                          keys={e: {"proposal_learning": "proposal_learning"} for e in cfgs},
+                          per_gpu={(e, s): cap(cfgs[e][s].stage.solver.ims_per_batch // gpus[e]) for e in cfgs
+                                   for s in ("proposal_learning", "distillation")})
 
-    def save(section: str, t0: float) -> None:
-        results["sections_s"][section] = round(time.perf_counter() - t0, 2)
+    def part(name: str, fn, *fn_args) -> None:
+        """Runs one part; an error is recorded and the next part runs: one call on a lent GPU should
+        bring back every figure that can be had (the script still exits non-zero at the end)."""
+        t0 = time.perf_counter()
+        try:
+            fn(run, *fn_args)
+        except Exception:  # noqa: BLE001 - recorded with its traceback, and fails the run at the end
+            results["errors"][name] = traceback.format_exc()
+            print(results["errors"][name], file=sys.stderr, flush=True)
+        free(device)  # after the traceback is gone, so the failed part's tensors are released
+        results["sections_s"][name] = round(time.perf_counter() - t0, 2)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1, default=float))
-        print(f"[{time.perf_counter() - started:6.1f} s] {section} done", flush=True)
+        print(f"[{time.perf_counter() - started:6.1f} s] {name} {'FAILED' if name in results['errors'] else 'done'}",
+              flush=True)
 
-    timing = (args.warmup, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        items = make_items(Path(tmp), args.images, args.height, args.width)
-        images = [read_rgb(item["file_name"]) for item in items[:64]]
-        rles = [item["object"] for item in items[:64]]
-        save("images", t0)
+        run.items = make_items(Path(tmp), args.images, args.height, args.width)
+        run.images = [read_rgb(item["file_name"]) for item in run.items[:64]]
+        run.rles = [item["object"] for item in run.items[:64]]
+        part("inference: object masks, pixel grouping, part ranking", inference)
+        part("proposal learning steps", proposal_steps)
+        for e in sorted(cfgs, key=lambda e: e != args.sweep_experiment):  # the sweep's experiment first
+            part(f"distillation steps ({cfgs[e]['distillation'].data.name})", distillation_steps, e)
+        part("loader", loader)
 
-        # (c) object masks and (b) pixel grouping: the instance model (COCO's 80 classes)
-        t0 = time.perf_counter()
-        model = build_on(primary["object_masks"].model, device).eval()
-        results["object_masks"] = {}
-        for batch in sorted({cfgs[e]["object_masks"].stage.batch_size for e in cfgs}):
-            for precision in ("fp32", "bf16"):
-                results["object_masks"][f"{precision}@{batch}"] = object_masks(
-                    model, images, cap(batch), primary["object_masks"].stage.image_size, device, precision, *timing)
-        results["pixel_grouping"] = {p: pixel_grouping(model, images, rles, primary["pixel_grouping"].stage, device, p,
-                                                       *timing, args.sklearn_objects) for p in ("fp32", "bf16")}
-        del model
-        free(device)
-        save("object masks and pixel grouping", t0)
-
-        # (c) one part-ranking pass: the one-class proposal model
-        t0 = time.perf_counter()
-        model = build_on(primary["part_ranking"].model, device, num_labels=1).eval()
-        results["part_ranking"] = {p: ranking_pass(model, images, rles, primary["part_ranking"].stage, device, p, *timing)
-                                   for p in ("fp32", "bf16")}
-        del model
-        free(device)
-        save("part ranking", t0)
-
-        # (a) training steps: proposal learning (one sweep: the same model in every experiment), then
-        # distillation per training set (its head grows with the classes)
-        results["training"], keys = {}, {e: {} for e in cfgs}
-        t0 = time.perf_counter()
-        batches = sorted({per_gpu[e, "proposal_learning"] for e in cfgs} | {cap(b) for b in args.sweep})
-        results["training"]["proposal_learning"] = train_sweep(
-            primary["proposal_learning"], "proposal_learning", 1, items, batches, device, *timing, args.sweep_budget)
-        for e in cfgs:
-            keys[e]["proposal_learning"] = "proposal_learning"
-        save("proposal learning steps", t0)
-        for e in sorted(cfgs, key=lambda e: e != args.sweep_experiment):
-            t0 = time.perf_counter()
-            cfg = cfgs[e]["distillation"]
-            parts, classes = int(cfg.stage.num_part_classes), DATASETS[cfg.data.name]["classes"]
-            key = keys[e]["distillation"] = f"distillation@{cfg.data.name}"
-            if key in results["training"]:
-                continue
-            sweep = args.sweep if e == args.sweep_experiment else []
-            batches = sorted({per_gpu[e, "distillation"]} | {cap(b) for b in sweep})
-            results["training"][key] = train_sweep(cfg, "distillation", parts * classes,
-                                                   stage_items(items, "distillation", classes, parts), batches,
-                                                   device, *timing, args.sweep_budget)
-            save(f"distillation steps ({cfg.data.name})", t0)
-
-        # (d) the loader against what a proposal-learning step at the per-GPU batch consumes
-        t0 = time.perf_counter()
-        batch = per_gpu[args.sweep_experiment, "proposal_learning"]
-        loader = loader_rate(items, primary["proposal_learning"].stage, batch, args.loader_batches)
-        step = [p for p in results["training"]["proposal_learning"]["points"] if p["batch"] == batch and "step_s" in p]
-        loader["step_images_per_s"] = step[0]["images_per_s"] if step else None
-        loader["step_share"] = loader["step_images_per_s"] / loader["samples_per_s"] if step else float("nan")
-        results["loader"] = loader
-        save("loader", t0)
-
-    # (e) the projection
     results["projection"] = {e: project(e, {s: cfgs[e][s].stage for s in STAGES}, results,
-                                        DATASETS[cfgs[e]["distillation"].data.name]["images"], gpus[e], keys[e])
+                                        DATASETS[cfgs[e]["distillation"].data.name]["images"], gpus[e], run.keys[e])
                              for e in cfgs}
-    save("projection", time.perf_counter())
+    part("projection", lambda run: None)
     kind = "CPU smoke (model=tiny, 192 px): the figures mean nothing" if args.smoke else results["meta"].get("gpu")
     print(f"\n{kind}; {time.perf_counter() - started:.0f} s in all\n")
     print(table(results))
-    failed = [f"pixel grouping {p}: {r['check']}" for p, r in results["pixel_grouping"].items() if r["check"]]
+    failed = [f"pixel grouping {p}: {r['check']}" for p, r in results.get("pixel_grouping", {}).items() if r["check"]]
+    failed += [f"{name}: {trace.strip().splitlines()[-1]}" for name, trace in results["errors"].items()]
     if failed:
-        sys.exit("bench_gpu.py: the two sides disagree: " + "; ".join(failed))
+        sys.exit("bench_gpu.py: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    # cuBLAS and cuDNN report a failed workspace allocation in their own words
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text
 
 
 def make_items(folder: Path, count: int, height: int, width: int, seed: int = 0, distinct: int = 32) -> list[dict]:
