@@ -27,7 +27,7 @@ table and the JSON are written. `--cpu-smoke` (alias `--smoke`, tests/test_bench
 same code and checks on the CPU with `model=tiny` at 192 px (objects of ~150-250 feature points, so
 the k-means comparison is well posed), batch 2, two repeats, in under a minute; its figures mean nothing.
 
-    python benchmarks/bench_gpu.py --out bench_gpu.json          # on a GPU, about 4 minutes on an H200
+    python benchmarks/bench_gpu.py --out bench_gpu.json   # on a GPU: meant to end within ~4 min on an H200 (not yet run on one)
     python benchmarks/bench_gpu.py --cpu-smoke [--out smoke.json]
 """
 from __future__ import annotations
