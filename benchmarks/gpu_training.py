@@ -87,7 +87,7 @@ def train_sweep(cfg, stage: str, num_labels: int, items: list[dict], batches: li
             data = itertools.repeat(batch)
             free(device)
             try:
-                timing = median_time(lambda: trainer._step(model, data), device, warmup, repeat)
+                timing = median_time(lambda t=trainer, m=model, d=data: t._step(m, d), device, warmup, repeat)
                 point = {"batch": b, "step_s": timing, "images_per_s": b / timing["median_s"],
                          "peak_memory_gib": peak_gib(device), "loss": trainer.metrics["total_loss"]}
             except RuntimeError as exc:  # torch.OutOfMemoryError is one
