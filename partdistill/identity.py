@@ -32,15 +32,19 @@ def flatten(value, prefix: str = "") -> dict[str, object]:
 
 def differing_keys(old: dict, new: dict) -> list[str]:
     """The flattened keys whose values differ (or that one side lacks), in key order."""
-    old, new = flatten(old), flatten(new)
-    return sorted(key for key in old.keys() | new.keys() if old.get(key, MISSING) != new.get(key, MISSING))
+    return _differing(flatten(old), flatten(new))
+
+
+def _differing(flat_old: dict, flat_new: dict) -> list[str]:
+    return sorted(key for key in flat_old.keys() | flat_new.keys()
+                  if flat_old.get(key, MISSING) != flat_new.get(key, MISSING))
 
 
 def differences(old: dict, new: dict) -> list[str]:
     """'  key: old (stored) vs new (now)' for every flattened key whose values differ, in key order."""
     flat_old, flat_new = flatten(old), flatten(new)
     return [f"  {key}: {_shown(flat_old.get(key, MISSING))} (stored) vs {_shown(flat_new.get(key, MISSING))} (now)"
-            for key in differing_keys(old, new)]
+            for key in _differing(flat_old, flat_new)]
 
 
 def _shown(value) -> str:

@@ -7,10 +7,9 @@ after SLURM has forgotten the jobs.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from partdistill.engine.identity import IDENTITY_FILE
+from partdistill.engine.identity import recorded_max_iter
 from partdistill.models.weights import list_checkpoints
 from partdistill.stages import PARTITIONED, STAGE_ORDER
 from partdistill.store import Store
@@ -43,8 +42,7 @@ def _training(run_dir: Path, stage: str) -> dict:
     checkpoints = list_checkpoints(folder / "checkpoints")
     if not checkpoints and not (folder / "metrics.json").is_file():
         return _row(stage, "not started", "", folder)
-    identity = folder / "checkpoints" / IDENTITY_FILE
-    max_iter = json.loads(identity.read_text()).get("max_iter") if identity.is_file() else None
+    max_iter = recorded_max_iter(folder / "checkpoints")
     newest = checkpoints[0].iteration if checkpoints else None
     detail = f"iteration {newest if newest is not None else '-'} of {max_iter if max_iter is not None else '?'}"
     if checkpoints:

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from partdistill.config.registry import CONFIG_DIR, register
 from partdistill.errors import ConfigError
+from partdistill.identity import flatten
 
 
 def compose(overrides: Sequence[str], hydra: bool = False) -> DictConfig:
@@ -47,17 +48,8 @@ def _user_keys(overrides: Iterable[str]) -> list[str]:
         if "." not in key or key.startswith("hydra."):
             continue
         value = None if override.is_delete() or override.is_sweep_override() else override.value()
-        keys += [f"{key}.{leaf}" for leaf, _ in _leaves(value)] if isinstance(value, dict) and value else [key]
+        keys += [f"{key}.{leaf}" for leaf in flatten(value)] if isinstance(value, dict) and value else [key]
     return keys
-
-
-def _leaves(node: dict, prefix: str = "") -> Iterable[tuple[str, object]]:
-    for key, value in node.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            yield from _leaves(value, path + ".")
-        else:
-            yield path, value
 
 
 def _set_by_user(path: str, user_keys: list[str]) -> bool:
@@ -81,7 +73,7 @@ def apply_experiment(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     if unknown:
         raise ConfigError(f"stages.{unknown[0]} in the experiment names no stage; the stages are {_stage_names()}")
     for name, where in targets.items():
-        for path, value in _leaves(values.get(name) or {}):
+        for path, value in flatten(values[name]).items() if values.get(name) else ():
             full = f"{where}.{path}"
             if not _set_by_user(full, user_keys):
                 try:

@@ -50,6 +50,12 @@ def recorded(folder: Path) -> dict | None:
         raise ValueError(f"no identity in it ({exc})") from exc
 
 
+def recorded_max_iter(folder: Path) -> int | None:
+    """The max_iter of the run that last recorded `folder`'s identity, or None (none recorded)."""
+    path = Path(folder) / IDENTITY_FILE
+    return json.loads(path.read_text()).get("max_iter") if path.is_file() else None
+
+
 def explain(folder: Path, identity: dict, newest: int, max_iter: int) -> str | None:
     """Why the checkpoints in `folder` (the newest at iteration `newest`) are not a run of `identity`
     stopped at or before `max_iter`, or None when they are, or when no identity was recorded (a run
