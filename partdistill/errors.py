@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 
+from hydra.errors import CompactHydraException
+
 # disk faults a user fixes outside partdistill: what each means, said plainly
 DISK_FAULTS = {
     errno.ENOSPC: "the disk is full",
@@ -54,12 +56,16 @@ class UnknownDataset(UserError, KeyError):
 
 
 def user_error_of(exc: BaseException) -> UserError | None:
-    """The UserError behind `exc` (resolvers and Hydra wrap what they raise), a disk fault as a DiskError,
-    or None for a bug, which keeps its traceback."""
+    """The UserError behind `exc` (resolvers and Hydra wrap what they raise), a composition error (an
+    override or option Hydra refuses, met when partdistill composes a config itself) as a ConfigError, a
+    disk fault as a DiskError, or None for a bug, which keeps its traceback."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, UserError):
             return seen
+        if isinstance(seen, CompactHydraException):  # a bad override or option, as Hydra itself reports it
+            cause = f"\n{seen.__cause__}" if seen.__cause__ is not None else ""
+            return ConfigError(f"{seen}{cause}")
         if isinstance(seen, OSError) and seen.errno in DISK_FAULTS:
             path = seen.filename or "a file"
             return DiskError(

@@ -193,3 +193,12 @@ def test_only_jobs_sharing_a_folder_under_different_configurations_are_refused(r
     with pytest.raises(ConfigError, match=r"smoke_synthetic/finetune/synthetic_semseg_f1_s1234, with different "
                                           r"stage.loss.mask_weight"):
         refuse_shared_training_folders(jobs("stage.loss.mask_weight=1", "stage.loss.mask_weight=2"))
+
+
+@pytest.mark.parametrize("extra", [["--cfg", "job"], ["-m", "stage.partition=all"]])
+def test_a_bad_override_where_partdistill_composes_itself_is_a_message(root, extra):
+    # --cfg job and the partition shorthands compose before Hydra does: the same message, no traceback
+    result = launch("experiment=smoke", "stage=pixel_grouping", "stage.kmeans.kk=3", *extra, root=root)
+    assert result.returncode == 2, result.stderr
+    assert "Could not override 'stage.kmeans.kk'" in result.stderr and "Key 'kk' not in 'KMeansConfig'" in result.stderr
+    assert "Traceback" not in result.stderr
