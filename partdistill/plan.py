@@ -17,7 +17,7 @@ from partdistill.data.layout import LayoutReport
 from partdistill.data.missing import DatasetLayoutError, check
 from partdistill.errors import ConfigError, user_error_of
 from partdistill.paths import datasets_root, describe_root
-from partdistill.stages import PARTITIONED, stages_to_run
+from partdistill.stages import PARTITIONED, jobs_of, stages_to_run
 
 # what each stage reads: the training data (data=), the suite (eval=), the suites in stage.eval_suites
 INPUTS = {
@@ -54,16 +54,16 @@ def exit_on_user_error() -> Iterator[None]:
 def dataset_needs(cfg: DictConfig) -> dict[str, list[str]]:
     """Dataset name -> the splits the config's stages read (a run checks these, not every split)."""
     needs: dict[str, list[str]] = {}
-    for name, stage in stages_to_run(cfg):
-        sources = ("eval",) if name == "pixel_grouping" and stage.evaluate else INPUTS[name]
+    for name, job in jobs_of(cfg):  # a pipeline's evaluation: one job per suite, each with its own eval
+        sources = ("eval",) if name == "pixel_grouping" and job.stage.evaluate else INPUTS[name]
         for source in sources:
             if source == "data":
-                _add_need(needs, cfg.data.name, ["train"])
+                _add_need(needs, job.data.name, ["train"])
             elif source == "eval":
-                _add_need(needs, cfg.eval.dataset, [cfg.eval.split, cfg.eval.match_split])
+                _add_need(needs, job.eval.dataset, [job.eval.split, job.eval.match_split])
             else:
-                for suite in stage.eval_suites:
-                    _add_need(needs, *suite_dataset(suite, cfg.eval))
+                for suite in job.stage.eval_suites:
+                    _add_need(needs, *suite_dataset(suite, job.eval))
     return needs
 
 

@@ -41,8 +41,14 @@ def test_the_smoke_pipeline_runs_every_stage_from_the_synthetic_data(tmp_path):
     assert scored["weights"] == str(run_dir / "distillation") and isinstance(scored["C-mIoU"], float)
     assert (job_dir / "predictions-val.jsonl").stat().st_size > 0 and list(job_dir.glob("overlays/*.png"))
     assert "evaluate synthetic_val: " in out
-    # a second run resumes everything: no shard rewritten, no iteration trained
+    assert (run_dir / "eval" / "summary.md").read_text().count("| synthetic | ok |") == 1
+    # a second run skips every stage done under its configuration
     again = command("launch.py", "experiment=smoke", "stage=pipeline", f"hydra.run.dir={tmp_path}/hydra2",
                     root=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 partition(s) written" in again.stdout and "iterations 4->4" in again.stdout
+    assert again.stdout.count("done under this configuration") == 6, again.stdout
+    # a changed stage runs again; its own identity check then refuses the checkpoints of other values
+    changed = command("launch.py", "experiment=smoke", "stage=pipeline", f"hydra.run.dir={tmp_path}/hydra3",
+                      "stage.distillation.solver.base_lr=0.5", root=tmp_path)
+    assert changed.stdout.count("done under this configuration") == 4, changed.stdout
+    assert changed.returncode != 0 and "distillation" in changed.stderr and "base_lr" in changed.stderr

@@ -223,6 +223,8 @@ class ReportConfig(StageConfig):
 class PipelineConfig:
     name: str = "pipeline"
     stages: List[str] = field(default_factory=list)  # run in this order, each reading the last one's outputs
+    # the suites its evaluation scores, one after another here, one SLURM job each (empty: the run's eval=)
+    eval_suites: List[str] = field(default_factory=list)
     resources: Resources = field(default_factory=Resources)
     # the pipeline composes every stage's own config under its name (stage.<name>.*)
     instance_training: Any = None

@@ -57,14 +57,33 @@ def write_summary(sweep_dir: str | Path) -> str:
     """Writes summary.{md,csv,json} in the sweep folder and returns the Markdown table."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    metric_keys = [k for k in MIOU_KEYS + SUPERVISED_KEYS if any(k in r for r in rows)]
-    metric_keys += sorted({k for r in rows for k in r if k.startswith(("AR", "AP-AR"))}, key=_ar_order)
-    columns = ["job", "status", "suite", "dataset", "overrides"] + metric_keys
     failed = [r for r in rows if r["status"] != "ok"]
     notes = [f"- job {r['job']} ({r['overrides']}): {r['status']}" + (f", log {r['log']}" if r.get("log") else "")
              for r in failed]
-    return write_table(sweep_dir, rows, columns, f"Evaluation summary: {sweep_dir}",
-                       ["Jobs without results:", *notes] if notes else [])
+    return write_table(sweep_dir, rows, ["job", "status", "suite", "dataset", "overrides"] + _metric_keys(rows),
+                       f"Evaluation summary: {sweep_dir}", ["Jobs without results:", *notes] if notes else [])
+
+
+def write_suite_summary(eval_dir: str | Path, suites: list[str]) -> str:
+    """The same table for a pipeline's evaluation, a row per suite from eval_dir/<suite>/metrics.json (a
+    suite without one: "missing"); writes summary.{md,csv,json} in eval_dir and returns the Markdown."""
+    eval_dir = Path(eval_dir)
+    rows = []
+    for suite in suites:
+        metrics = eval_dir / suite / "metrics.json"
+        row = {"suite": suite, "status": "ok" if metrics.is_file() else "missing"}
+        row.update(headline(json.loads(metrics.read_text())) if metrics.is_file() else {"dataset": None})
+        row["suite"] = suite
+        rows.append(row)
+    missing = [r["suite"] for r in rows if r["status"] != "ok"]
+    notes = [f"Suites without results (their evaluation failed or did not run): {', '.join(missing)}"] if missing else []
+    return write_table(eval_dir, rows, ["suite", "status", "dataset"] + _metric_keys(rows),
+                       f"Evaluation summary: {eval_dir}", notes)
+
+
+def _metric_keys(rows: list[dict]) -> list[str]:
+    keys = [k for k in MIOU_KEYS + SUPERVISED_KEYS if any(k in r for r in rows)]
+    return keys + sorted({k for r in rows for k in r if k.startswith(("AR", "AP-AR"))}, key=_ar_order)
 
 
 def _ar_order(key: str) -> tuple:
