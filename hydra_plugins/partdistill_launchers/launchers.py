@@ -46,6 +46,7 @@ from hydra.core.utils import (
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.partdistill_launchers import pipeline
 from hydra_plugins.partdistill_launchers.reporting import announce, collect
 from hydra_plugins.partdistill_launchers.submission import (
     SubmissionError,
@@ -114,6 +115,16 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
         configs = self._check_sweep(job_overrides)
         if all(cfg.dry_run for cfg in configs):  # a dry run submits nothing: print the plans here
             return BasicLauncher.launch(self, job_overrides, initial_job_idx)
+
+        pipelines = [cfg for cfg in configs if cfg.stage.name == "pipeline"]
+        if pipelines:  # each pipeline: a chain of dependent jobs, submitted without waiting for them
+            with plan.exit_on_user_error():
+                if len(pipelines) != len(configs):
+                    raise SubmissionError("partdistill: a sweep cannot mix stage=pipeline with single stages: "
+                                          "submit them with separate commands")
+                for num, cfg in enumerate(configs):
+                    pipeline.submit(self, cfg, first_num=(initial_job_idx + num) * 1000)
+            return []
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
