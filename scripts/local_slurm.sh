@@ -259,7 +259,7 @@ start() {
   [ "${SLURM_CLEAN:-0}" = 1 ] && clean="-c"
   alive "$CTLD_PID" slurmctld || /usr/sbin/slurmctld $clean           # both daemonize
   alive "$SLURMD_PID" slurmd || /usr/sbin/slurmd $clean -N localhost  # one slurmd per node name and pid file
-  [ -n "$TWONODE_WHY" ] || start_node_slurmds $clean
+  [ -n "$TWONODE_WHY" ] || TWONODE_WHY=$(start_node_slurmds $clean) || true
   wait_idle
   [ -n "$TWONODE_WHY" ] || TWONODE_WHY=$(wait_nodes_idle) || true
   mkdir -p "$(dirname "$NODES_STATUS")"

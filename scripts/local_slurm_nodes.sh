@@ -100,8 +100,8 @@ nodes_conf_lines() {  # the main slurm.conf's lines for the nodes and their part
   echo "PartitionName=$NODES_PARTITION Nodes=${NODES// /,} Default=NO MaxTime=INFINITE State=UP OverSubscribe=NO"
 }
 
-start_node_slurmds() {  # ARGS: extra slurmd flags (-c)
-  local node
+start_node_slurmds() {  # ARGS: extra slurmd flags (-c). Says which did not start and returns 1 then
+  local node failed=""
   for node in $NODES; do
     alive "$(node_pidfile "$node")" slurmd && continue
     # its own network, hostname (UTS) and /etc files (mount namespace, still receiving the host's
@@ -110,8 +110,9 @@ start_node_slurmds() {  # ARGS: extra slurmd flags (-c)
     etc=$(node_etc "$node")
     nsenter --net="/run/netns/$node" unshare --mount --propagation slave --uts sh -c \
       "mount --bind $etc/hosts /etc/hosts && mount --bind $etc/slurm /etc/slurm && hostname $node &&
-       exec /usr/sbin/slurmd $* -N $node"
+       exec /usr/sbin/slurmd $* -N $node" >&2 || failed="$failed $node"
   done
+  [ -z "$failed" ] || { echo "slurmd did not start on$failed: see $LOGDIR/slurmd-<node>.log"; return 1; }
 }
 
 stop_node_slurmds() {
@@ -124,6 +125,8 @@ wait_nodes_idle() {  # returns 1 (and says why) when a node is not up within 30 
   for node in $NODES; do
     for _ in $(seq 1 60); do
       state=$(sinfo -h -n "$node" -o %T 2>/dev/null | head -1 || true)
+      # slurmctld goes on calling a node idle a while after its slurmd ended: that must run too
+      alive "$(node_pidfile "$node")" slurmd || state="slurmd not running"
       case "$state" in
         idle | mixed | allocated | completing) break ;;
         down* | drain* | fail* | inval*) scontrol update nodename="$node" state=resume 2>/dev/null || true ;;
@@ -154,6 +157,7 @@ remove_nodes() {  # stop: every process left in the namespaces, the namespaces, 
   if ip link show "$NODES_BRIDGE" >/dev/null 2>&1; then
     ip link del "$NODES_BRIDGE" && say "removed bridge $NODES_BRIDGE"
   fi
+  rmdir /etc/netns 2>/dev/null || true  # only when empty: other tools keep files there too
   rm -f "$NODES_STATUS"
 }
 
