@@ -209,6 +209,7 @@ EOF
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=${NCPU} RealMemory=${REAL_MEM} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+  [ -n "$TWONODE_WHY" ] || nodes_partition_line >>"$new"
   local nodes_changed=1
   if [ -z "$TWONODE_WHY" ]; then
     nodes_etc <"$new" && nodes_changed=0

@@ -89,14 +89,18 @@ nodes_etc() {  # the main slurm.conf's text on stdin: writes each node's hosts a
   return $changed
 }
 
-nodes_conf_lines() {  # the main slurm.conf's lines for the nodes and their partition
+nodes_conf_lines() {  # ARGS: CPUs. The main slurm.conf's lines for the nodes
   local node cpus=$1 mem=$NODE_MEM
   [ "$REAL_MEM" -lt "$mem" ] && mem=$REAL_MEM
-  # the nodes' own slurm.conf differ from this one in local paths and the controller's address
+  echo "# twonode's nodes, each in a network namespace (scripts/local_slurm_nodes.sh). Their own slurm.conf"
+  echo "# (/etc/netns/<node>/slurm) differ from this one in local paths and the controller's address"
   echo "DebugFlags=NO_CONF_HASH"
   for node in $NODES; do
     echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$cpus RealMemory=$mem State=UNKNOWN"
   done
+}
+
+nodes_partition_line() {
   echo "PartitionName=$NODES_PARTITION Nodes=${NODES// /,} Default=NO MaxTime=INFINITE State=UP OverSubscribe=NO"
 }
 
