@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/local_slurm.sh: the `twonode` partition, two more compute nodes on this machine.
 #
 # Each node is a network namespace (pdnode1, pdnode2) with its own address on a bridge (the host's
@@ -32,7 +33,9 @@ node_etc() { echo "/etc/netns/$1"; }
 nodes_why_not() {  # prints why the nodes cannot be made here, or nothing
   [ "${SLURM_TWONODE:-1}" = 1 ] || { echo "SLURM_TWONODE=${SLURM_TWONODE} turned it off"; return; }
   command -v ip >/dev/null || { echo "no \`ip\` (Debian package iproute2) and it could not be installed"; return; }
-  command -v unshare >/dev/null && command -v nsenter >/dev/null || { echo "no \`unshare\` or \`nsenter\` (util-linux)"; return; }
+  if ! command -v unshare >/dev/null || ! command -v nsenter >/dev/null; then
+    echo "no \`unshare\` or \`nsenter\` (util-linux)"; return
+  fi
   local out
   if ! out=$(ip link add pdtestbr0 type bridge 2>&1); then
     echo "cannot create network interfaces here (ip link add: ${out})"; return
@@ -152,7 +155,10 @@ remove_nodes() {  # stop: every process left in the namespaces, the namespaces, 
     if [ -e "/run/netns/$node" ]; then
       pids=$(ip netns pids "$node" 2>/dev/null || true)   # jobs' processes the cancel did not end
       # shellcheck disable=SC2086
-      [ -z "$pids" ] || { kill -KILL $pids 2>/dev/null || true; say "killed processes left in $node: $(echo $pids)"; }
+      if [ -n "$pids" ]; then
+        kill -KILL $pids 2>/dev/null || true
+        say "killed processes left in $node: ${pids//$'\n'/ }"
+      fi
       ip netns del "$node" && say "removed network namespace $node"
     fi
     ip link del "pdveth$(node_index "$node")" 2>/dev/null || true
