@@ -37,11 +37,17 @@ def _not_ready() -> str | None:
     """Why the two-node tests cannot run here, or None."""
     if base.REASON is not None:
         return base.REASON
-    out = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-N", "-o", "%N %T"], capture_output=True, text=True,
-                         timeout=30)
+    try:
+        out = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-N", "-o", "%N %T"], capture_output=True, text=True,
+                             timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "sinfo got no answer from slurmctld in 30 s: is it running? (bash scripts/local_slurm.sh status)"
     states = dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
     if not states:
         why = STATUS.read_text().strip() if STATUS.is_file() else "scripts/local_slurm.sh start did not make it"
+        if why == "up":  # made, then slurm.conf rewritten without it
+            why = ("scripts/local_slurm.sh start made it, but slurmctld no longer knows it: rewritten by a copy "
+                   "of local_slurm.sh without it? Run `sudo bash scripts/local_slurm.sh start` again")
         return f"no SLURM partition {PARTITION!r} (two nodes in network namespaces): {why}"
     down = {node: state for node, state in states.items() if state.rstrip("*~#$@") not in base.UP_STATES}
     if sorted(states) != NODES or down:
