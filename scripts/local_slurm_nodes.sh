@@ -15,8 +15,9 @@
 # folders slurmd needs ("Unable to initialize cgroup plugin"). munged's socket is a file in
 # /run/munge, shared by every network namespace.
 #
-# Debian's slurmd is not built for several slurmd on one address (--enable-multiple-slurmd is
-# Debian's separate slurm-wlm-emulator build); namespaces need neither that nor per-node ports.
+# Not SLURM's multiple-slurmd mode (several slurmd on one address, a Port each): there every node
+# has the same address and hostname, so a multi-node job would not exercise what differs between
+# real nodes (MASTER_ADDR's resolution, gloo's choice of address, traffic between addresses).
 
 NODES_NET=10.77.0
 NODES_BRIDGE=pdbr0
