@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine (localhost), without systemd, for trying
-# `hydra/launcher=slurm` on a laptop or workstation and for CI (`.ci/run`). Needs root and
-# Debian/Ubuntu packages (installed when missing: slurmctld slurmd slurm-client munge).
+# A SLURM cluster on this machine, without systemd, for trying `hydra/launcher=slurm` on a laptop
+# or workstation and for CI (`.ci/run`). Needs root and Debian/Ubuntu packages (installed when
+# missing: slurmctld slurmd slurm-client munge iproute2).
+#
+# The node `localhost` (this machine's CPUs) is partition `debug`, the default. Partition `twonode`
+# has two more nodes, pdnode1 and pdnode2, each a slurmd in its own network namespace with its own
+# address and hostname (10.77.0.11 and .12 on bridge pdbr0): multi-node jobs run for real on one
+# machine (see scripts/local_slurm_nodes.sh). Where namespaces cannot be made (no `ip`, no
+# permission; or SLURM_TWONODE=0), `start` brings up `debug` alone and says why `twonode` is missing.
 #
 #   sudo bash scripts/local_slurm.sh start    # install if needed, write /etc/slurm/slurm.conf, start, wait for idle
-#   sudo bash scripts/local_slurm.sh stop     # cancel every job, then stop slurmd, slurmctld and munged
+#   sudo bash scripts/local_slurm.sh stop     # cancel every job, stop every slurmd, slurmctld and munged, remove
+#                                             # the namespaces, interfaces and files of the two nodes
 #   bash scripts/local_slurm.sh status        # sinfo, squeue and the daemons' pids
 #   eval "$(bash scripts/local_slurm.sh env)" # PATH with the sacct stand-in first (see below)
 #
@@ -20,7 +27,7 @@
 #
 # Environment: SLURM_PARTITION (default debug), SLURM_CRED_EXPIRE (default 10 s: also how long a
 # requeued job waits before it may start again; SLURM's default is 120 s), SLURM_CLEAN=1 (start
-# with an empty job state).
+# with an empty job state), SLURM_TWONODE=0 (no `twonode` partition).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +38,8 @@ CTLD_PID=/run/slurmctld.pid
 SLURMD_PID=/run/slurmd.pid
 MUNGE_PID=/run/munge/munged.pid
 LOGDIR=/var/log/slurm
+# shellcheck source=scripts/local_slurm_nodes.sh
+. "$HERE/local_slurm_nodes.sh"
 
 say() { echo "local_slurm: $*"; }
 die() { echo "local_slurm: $*" >&2; exit 1; }
@@ -84,22 +93,34 @@ status() {
     set -- $entry
     if alive "$1" "$2"; then echo "$2: running, pid $(cat "$1")"; else echo "$2: not running"; fi
   done
+  nodes_status
 }
 
 install_packages() {
-  local missing=""
+  local missing="" pkgs=""
   for cmd in slurmctld slurmd munged sbatch; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing $cmd"
   done
+  [ -z "$missing" ] || pkgs="slurmctld slurmd slurm-client munge"
+  # `ip` makes the twonode partition's network; without it only that partition is missing
+  if ! command -v ip >/dev/null 2>&1 && [ "${SLURM_TWONODE:-1}" = 1 ]; then
+    missing="$missing ip"
+    pkgs="$pkgs iproute2"
+  fi
   [ -z "$missing" ] && return 0
-  command -v apt-get >/dev/null || die "missing$missing and no apt-get here: install SLURM and munge yourself"
-  say "installing slurmctld slurmd slurm-client munge (missing:$missing)"
+  if ! command -v apt-get >/dev/null; then
+    [ "$missing" = " ip" ] && return 0  # the one-node cluster needs no `ip`; start says why twonode is missing
+    die "missing$missing and no apt-get here: install SLURM and munge yourself"
+  fi
+  say "installing$pkgs (missing:$missing)"
   export DEBIAN_FRONTEND=noninteractive
-  local pkgs="slurmctld slurmd slurm-client munge"
   # refresh the package lists only when they do not know the packages (a fresh machine or container)
   if ! apt-get install -y -qq --no-install-recommends $pkgs >/dev/null 2>&1; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    apt-get update -qq || true
+    if ! apt-get install -y -qq --no-install-recommends $pkgs >/dev/null; then
+      [ "$missing" = " ip" ] && return 0  # as without apt-get: only twonode is missing
+      die "apt-get could not install$pkgs"
+    fi
   fi
   # the packages' postinst try to start the services; where a policy allows it (systemd hosts)
   # we take over: slurmd and slurmctld without /etc/slurm/slurm.conf do not start anyway
@@ -137,7 +158,7 @@ node_resources() {  # sets NCPU and REAL_MEM from what slurmd detects (over-decl
   if [ -n "$slurmd_mem" ] && [ "$slurmd_mem" -lt "$REAL_MEM" ]; then REAL_MEM=$slurmd_mem; fi
 }
 
-write_config() {  # writes slurm.conf; restarts slurmctld and slurmd when its content changed
+write_config() {  # writes slurm.conf (and the nodes'); restarts the daemons whose configuration changed
   node_resources
   mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGDIR"
   local new
@@ -180,13 +201,25 @@ KillWait=5
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=60
+EOF
+  # the two nodes come first: slurmctld 22.05 takes any node name for the first node when that one
+  # is called localhost, and so refuses a second node after it ("Duplicated NodeHostName pdnode1")
+  [ -n "$TWONODE_WHY" ] || nodes_conf_lines "$NCPU" >>"$new"
+  cat >>"$new" <<EOF
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=${NCPU} RealMemory=${REAL_MEM} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+  [ -n "$TWONODE_WHY" ] || nodes_partition_line >>"$new"
+  local nodes_changed=1
+  if [ -z "$TWONODE_WHY" ]; then
+    nodes_etc <"$new" && nodes_changed=0
+  fi
   if cmp -s "$new" "$CONF"; then
     rm -f "$new"
+    [ "$nodes_changed" = 1 ] || stop_node_slurmds
   else
-    stop_daemon "$SLURMD_PID" slurmd          # running daemons would keep the old configuration
+    stop_node_slurmds                         # running daemons would keep the old configuration
+    stop_daemon "$SLURMD_PID" slurmd
     stop_daemon "$CTLD_PID" slurmctld
     mv "$new" "$CONF"
     chmod 0644 "$CONF"
@@ -217,12 +250,26 @@ start() {
   t0=$(date +%s.%N)
   install_packages
   start_munge
+  TWONODE_WHY=$(nodes_why_not)
+  if [ -z "$TWONODE_WHY" ]; then
+    local out
+    out=$(nodes_network 2>&1) || TWONODE_WHY="making its network failed: $out"
+  fi
   write_config
   local clean=""
   [ "${SLURM_CLEAN:-0}" = 1 ] && clean="-c"
   alive "$CTLD_PID" slurmctld || /usr/sbin/slurmctld $clean           # both daemonize
-  alive "$SLURMD_PID" slurmd || /usr/sbin/slurmd $clean -N localhost  # only one slurmd may run
+  alive "$SLURMD_PID" slurmd || /usr/sbin/slurmd $clean -N localhost  # one slurmd per node name and pid file
+  [ -n "$TWONODE_WHY" ] || TWONODE_WHY=$(start_node_slurmds $clean) || true
   wait_idle
+  [ -n "$TWONODE_WHY" ] || TWONODE_WHY=$(wait_nodes_idle) || true
+  mkdir -p "$(dirname "$NODES_STATUS")"
+  if [ -z "$TWONODE_WHY" ]; then
+    echo up >"$NODES_STATUS"
+  else
+    echo "missing: $TWONODE_WHY" >"$NODES_STATUS"
+    say "no $NODES_PARTITION partition (pdnode1, pdnode2): $TWONODE_WHY"
+  fi
   sinfo
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "local_slurm: up in %.1f s\n", b - a }'
   echo "local_slurm: put the sacct stand-in first on PATH: export PATH=$HERE/sacct_shim:\$PATH"
@@ -231,6 +278,7 @@ start() {
 stop() {
   [ "$(id -u)" = 0 ] || die "stop needs root"
   cancel_all_jobs
+  remove_nodes                         # their slurmd, leftover processes, namespaces, interfaces, files
   stop_daemon "$SLURMD_PID" slurmd
   stop_daemon "$CTLD_PID" slurmctld    # saves its state on TERM
   stop_daemon "$MUNGE_PID" munged

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 def allreduce() -> dict:
     """Initialises torch.distributed from the job's environment and all-reduces (rank + 1)."""
+    import socket
+
     import torch
     import torch.distributed as dist
 
@@ -14,6 +16,6 @@ def allreduce() -> dict:
     value = torch.tensor([float(rank + 1)])
     dist.all_reduce(value)
     out = {"rank": rank, "world_size": world_size, "local_rank": local_rank, "sum": value.item(),
-           "backend": dist.get_backend(), "source": source}
+           "backend": dist.get_backend(), "source": source, "hostname": socket.gethostname()}
     dist.destroy_process_group()
     return out
