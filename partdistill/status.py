@@ -23,7 +23,7 @@ def _steps_of(stage: str, steps: dict[str, dict]) -> list[dict]:
 
 
 def _from_slurm(row: dict, stage: str, steps: list[dict], queued: dict[str, tuple[str, str]],
-                incomplete: list[int]) -> dict:
+                incomplete: list[int] | None) -> dict:
     tasks = [task for step in steps for task in step["tasks"]]
     ids = ", ".join(sorted({step["job_id"] for step in steps}))
     live = [queued[t["job_id"]] for t in tasks if t["job_id"] in queued]
@@ -36,7 +36,7 @@ def _from_slurm(row: dict, stage: str, steps: list[dict], queued: dict[str, tupl
         return row
     failed, cancelled = [], []
     for task in tasks:
-        if stage in PARTITIONED and task["what"].startswith("partition "):
+        if incomplete is not None and task["what"].startswith("partition "):
             if int(task["what"].split()[1]) not in incomplete:
                 continue  # its shard is complete, whatever the job did after
         outcome = ledger.task_outcome(task)
@@ -73,13 +73,14 @@ def run_status(run_dir: Path) -> list[dict]:
         if mine:
             row["jobs"] = sorted({step["job_id"] for step in mine})
             if found.state != "done":
-                row = _from_slurm(row, stage, mine, queued, found.incomplete)
+                shards = found.incomplete if stage in PARTITIONED and found.state != "not started" else None
+                row = _from_slurm(row, stage, mine, queued, shards)
         rows.append(row)
     if "summary" in steps:
         done = (run_dir / "eval" / "summary.md").is_file()
         row = {"stage": "summary", "state": "done" if done else "not started", "detail": "eval/summary.md" if done
                else "", "path": str(run_dir / "eval"), "jobs": [steps["summary"]["job_id"]]}
-        rows.append(row if done else _from_slurm(row, "summary", [steps["summary"]], queued, []))
+        rows.append(row if done else _from_slurm(row, "summary", [steps["summary"]], queued, None))
     return rows
 
 

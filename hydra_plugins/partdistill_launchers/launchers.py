@@ -104,6 +104,10 @@ class LocalLauncher(_CheckSweepFirst, BasicLauncher):
 class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
     """Submits the jobs to SLURM through submitit (a sweep becomes one job array)."""
 
+    # a sweep's job ends "completed" with its error in the result, which the waiting launcher reports; the
+    # jobs of a pipeline's chain fail instead (pipeline.py), since SLURM's dependencies read the exit status
+    fail_on_error = False
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
         from submitit.core.utils import FailedJobError
@@ -191,8 +195,11 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
             job.id = submitit.JobEnvironment().job_id
             config.hydra.job.num = job_num
         self._requeue_after_save(max(5.0, float(self.params.get("signal_delay_s") or 120) / 2))
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                      job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        if self.fail_on_error:
+            _ = ret.return_value  # re-raises the stage's error: the SLURM job fails, and the jobs after it never start
+        return ret
 
     def _requeue_after_save(self, grace_s: float) -> None:
         """Wraps submitit's handler of SLURM's signal (in this job process) so that a save the running

@@ -14,6 +14,7 @@ command exits 2 with SLURM's message. The chain, its job ids and log files go in
 """
 from __future__ import annotations
 
+import copy
 import shlex
 import subprocess
 import sys
@@ -98,6 +99,8 @@ def submit(launcher: Any, cfg: DictConfig, first_num: int) -> None:
     if snapshot is not None:
         take_snapshot(snapshot)
 
+    stage_job = copy.copy(launcher)  # what each stage's task runs: the launcher's job, failing on the stage's error
+    stage_job.fail_on_error = True
     submitted: list[str] = []  # job (array) ids of this chain, cancelled if a later submission fails
     ids: dict[str, list[str]] = {}  # step label -> ids its dependents wait for
     entries, num, params = [], first_num, {}
@@ -126,8 +129,8 @@ def submit(launcher: Any, cfg: DictConfig, first_num: int) -> None:
                     calls.append((list(cfg.hydra.overrides.task), "hydra.sweep.dir", num, f"job_id_for_{num}",
                                   Singleton.get_state(), task_cfg))
                     num += 1
-                jobs = executor.map_array(launcher, *zip(*calls)) if step.array else \
-                    [executor.submit(launcher, *calls[0])]
+                jobs = executor.map_array(stage_job, *zip(*calls)) if step.array else \
+                    [executor.submit(stage_job, *calls[0])]
             master = jobs[0].job_id.split("_")[0]
             submitted.append(master)
             ids[step.label] = [master]
