@@ -15,12 +15,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from test_distillation import ranking_store_from_ground_truth
 
 from partdistill import config, stages
 from partdistill.cli import main
 from partdistill.data import catalog, synthetic
 from partdistill.evaluation.predictions import read_predictions
-from test_distillation import ranking_store_from_ground_truth
 
 K = 3  # the smoke distillation's part classes
 
@@ -161,12 +161,18 @@ def test_predict_with_the_exported_folder_equals_predict_with_the_run(env, tmp_p
     ours = (tmp_path / "from_run/predictions.jsonl").read_text()
     assert ours and (tmp_path / "from_export/predictions.jsonl").read_text() == ours
     assert json.loads((tmp_path / "from_export/summary.json").read_text())["weights"] == str(exported)
+    # stage=evaluate takes the exported folder as it takes the run's
+    scores = [stages.run(config.compose(["experiment=smoke", "stage=evaluate", f"run_dir={run_dir}",
+                                         f"model.weights={w}", "eval.overlays=0", f"stage.out={tmp_path / name}"]
+                                        ))["evaluate"]["C-mIoU"]
+              for w, name in ((run_dir / "distillation", "eval_run"), (exported, "eval_export"))]
+    assert scores[0] == scores[1]
 
 
 def test_an_object_models_top_instance_gives_the_class_and_the_region(env, tmp_path):
+    from partdistill.data import masks
     from partdistill.models.export import save_pretrained_folder
     from partdistill.models.mask2former import build_model
-    from partdistill.data import masks
     from partdistill.stages.predict import predict as run_predict
 
     root, run_dir = env

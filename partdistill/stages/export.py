@@ -15,7 +15,11 @@ from pathlib import Path
 
 import torch
 
-from partdistill.models.export import WEIGHTS_FILE, is_pretrained_folder, save_pretrained_folder
+from partdistill.models.export import (
+    WEIGHTS_FILE,
+    is_pretrained_folder,
+    save_pretrained_folder,
+)
 from partdistill.models.inputs import PIXEL_MEAN, PIXEL_STD
 from partdistill.models.weights import resolve_model_file
 from partdistill.stages.trained_models import (

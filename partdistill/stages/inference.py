@@ -28,7 +28,8 @@ ToPredictions = Callable[[object, Batch, Sequence[dict]], list[Prediction]]
 
 
 def predict_batches(model, records: Sequence[dict], size: int, device: torch.device, batch_size: int = 2,
-                    workers: int | None = None, skipped: list[dict] | None = None) -> Iterator[tuple[list[dict], Batch, object]]:
+                    workers: int | None = None,
+                    skipped: list[dict] | None = None) -> Iterator[tuple[list[dict], Batch, object]]:
     """(readable samples {"record", "image"}, their preprocessed batch, the model's outputs) per batch of
     `batch_size` images resized to fit `size`, read by the same loader as the partitioned stages'
     (`workers` processes; null: one per CPU, at most 8). An unreadable image is left out of its batch,

@@ -7,8 +7,8 @@ at the input size its training used, in batches, on the GPU when there is one. I
 predicted: proposals (the top-k class-agnostic masks), semantic (one mask per part class) or, for the
 distilled model, the parts of one object whose class selects the head's K outputs (`object_parts`). That
 class comes from `object_class` (all images), `class_file` (per image) or the top instance of an object
-model (which also gives the object's mask; without one the object is the whole image); each image's
-source is written out. Outputs in `out`: predictions.jsonl in the evaluation file format (`partdistill
+model (which also gives the object's mask, and runs at the part model's input size; without one the
+object is the whole image); each image's source is written out. Outputs in `out`: predictions.jsonl in the evaluation file format (`partdistill
 evaluate` scores it; with `dataset`, image ids are that dataset's), overlays/<image>.png (image | parts,
 with a legend) and summary.json (per image: its class and where it came from; the unreadable images).
 """
@@ -36,7 +36,13 @@ from partdistill.models.mask2former import build_model
 from partdistill.models.outputs import image_logits, top_instances
 from partdistill.paths import project_root
 from partdistill.stages import inference
-from partdistill.stages.trained_models import class_names, find_head, label_names, load_head_model, trained_folder
+from partdistill.stages.trained_models import (
+    class_names,
+    find_head,
+    label_names,
+    load_head_model,
+    trained_folder,
+)
 
 SHOWN_PROPOSALS = 8  # an overlay of more overlapping proposals than this is unreadable
 
@@ -186,6 +192,14 @@ def check_options(head: dict, object_class, class_file, object_model) -> None:
                         f"top instance); its classes: {shown}")
 
 
+def _class_fields(cls: ObjectClass | None, head: dict) -> dict:
+    """An image's object class (a training class key; None: unconditioned) and where it came from."""
+    if cls is None:  # not a distilled model
+        return {}
+    key = None if cls.index is None else head["classes"][cls.index]
+    return {"object_class": key, "object_class_source": cls.source}
+
+
 def predict(weights: str | Path, images: Sequence[str], out: str | Path, object_class: str | None = None,
             class_file: str | None = None, object_model: str | None = None, dataset: str | None = None,
             batch_size: int = 8, device: str = "auto", workers: int | None = None, proposals: int = 200) -> dict:
@@ -195,7 +209,8 @@ def predict(weights: str | Path, images: Sequence[str], out: str | Path, object_
     head = find_head(folder)
     check_options(head, object_class, class_file, object_model)
     records = list_images(images, catalog.load(dataset, project_root()) if dataset else None, dataset)
-    fixed = fixed_classes(records, head, object_class, class_file, bool(object_model)) if head["kind"] == "conditioned_parts" else \
+    distilled = head["kind"] == "conditioned_parts"
+    fixed = fixed_classes(records, head, object_class, class_file, bool(object_model)) if distilled else \
         [None] * len(records)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
@@ -215,9 +230,7 @@ def predict(weights: str | Path, images: Sequence[str], out: str | Path, object_
                 png = out / "overlays" / overlay_name(image_id)
                 save_grid(png, [[Panel("image", sample["image"]), Panel(title, sample["image"], overlay, names)]])
                 done.append({"image_id": image_id, "file_name": sample["record"]["file_name"],
-                             "segments": len(prediction.labels), "overlay": str(png),
-                             **({} if cls is None else {"object_class": None if cls.index is None else
-                                                        head["classes"][cls.index], "object_class_source": cls.source})})
+                             "segments": len(prediction.labels), "overlay": str(png), **_class_fields(cls, head)})
             bar.update(len(done) + len(skipped) - bar.n)
         bar.update(len(done) + len(skipped) - bar.n)  # unreadable images of the last batches
     write_text_atomic(out / "predictions.jsonl", "".join(line + "\n" for line in lines))
@@ -230,10 +243,10 @@ def predict(weights: str | Path, images: Sequence[str], out: str | Path, object_
 
 
 def format_summary(summary: dict, out: Path) -> str:
-    """What `partdistill predict` prints: counts, where the outputs are, where classes came from, what was skipped."""
-    lines = [f"{summary['head']} model {summary['weights']} on {summary['device']}: {summary['predicted']} of "
-             f"{summary['images']} image(s), {summary['segments']} segment(s) -> {out / 'predictions.jsonl'}, "
-             f"overlays in {out / 'overlays'}"]
+    """What `partdistill predict` prints: counts, where the outputs went, where classes came from, what was skipped."""
+    lines = [(f"{summary['head']} model {summary['weights']} on {summary['device']}: {summary['predicted']} of "
+              f"{summary['images']} image(s), {summary['segments']} segment(s) -> {out / 'predictions.jsonl'}, "
+              f"overlays in {out / 'overlays'}")]
     sources = sorted({i["object_class_source"] for i in summary["per_image"] if "object_class_source" in i})
     if sources:
         lines.append("object class from: " + "; ".join(sources[:5]) + (" ..." if len(sources) > 5 else ""))
