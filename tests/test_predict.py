@@ -87,6 +87,9 @@ def test_the_distilled_model_needs_a_class_and_names_the_classes(env, tmp_path, 
                    "--out", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err
     assert "'teapot' is not one of the model's 4 training classes" in err and "class-1 (tower)" in err
+    assert predict("--weights", str(run_dir), "--images", str(image), "--object-class", "disc", "--device", "gpu0",
+                   "--out", str(tmp_path / "o")) == 2
+    assert "--device gpu0" in capsys.readouterr().err
     (tmp_path / "classes.txt").write_text("# image class\nother.png kite\n")
     assert predict("--weights", str(run_dir), "--images", str(image), "--classes", str(tmp_path / "classes.txt"),
                    "--out", str(tmp_path / "o")) == 2

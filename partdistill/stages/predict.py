@@ -192,6 +192,20 @@ def check_options(head: dict, object_class, class_file, object_model) -> None:
                         f"top instance); its classes: {shown}")
 
 
+def device_for(device: str) -> torch.device:
+    """auto: the GPU when there is one, else the CPU; a GPU asked for where there is none is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"--device {device}: {exc}; give auto, cpu, cuda or cuda:N") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no usable GPU (torch.cuda.is_available() is false); "
+                        "give --device cpu or auto")
+    return target
+
+
 def _class_fields(cls: ObjectClass | None, head: dict) -> dict:
     """An image's object class (a training class key; None: unconditioned) and where it came from."""
     if cls is None:  # not a distilled model
@@ -212,8 +226,9 @@ def predict(weights: str | Path, images: Sequence[str], out: str | Path, object_
     distilled = head["kind"] == "conditioned_parts"
     fixed = fixed_classes(records, head, object_class, class_file, bool(object_model)) if distilled else \
         [None] * len(records)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
+    target = device_for(device)
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: give at least 1")
     model = load_head_model(folder, head, target)
     predictor = Predictor(head, proposals, load_object_model(object_model, target) if object_model else None,
                           object_model or "")
