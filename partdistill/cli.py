@@ -8,6 +8,8 @@
     partdistill report SWEEP_DIR                       the summary table of an evaluation multirun
     partdistill store show RUN_DIR STAGE [--overlays N]   a store's shards, and PNGs of its pseudo-labels
     partdistill status RUN_DIR [--json]                where each stage of a run stands, read from its folder
+    partdistill predict --weights W --images PATH... --out DIR [--object-class C]   a trained model on one's images
+    partdistill export --weights W --out DIR           a trained model as a transformers model folder
 """
 from __future__ import annotations
 
@@ -158,6 +160,29 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict(args: argparse.Namespace) -> int:
+    """Part masks of a trained model on the user's images: predictions.jsonl, overlays/, summary.json."""
+    from partdistill.stages.predict import format_summary
+    from partdistill.stages.predict import predict as run_predict
+
+    summary = run_predict(args.weights, args.images, args.out, object_class=args.object_class,
+                          class_file=args.classes, object_model=args.object_model, dataset=args.dataset,
+                          batch_size=args.batch_size, device=args.device, workers=args.workers,
+                          proposals=args.proposals)
+    print(format_summary(summary, Path(args.out).resolve()))
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from partdistill.stages.export import export_model
+
+    info = export_model(args.weights, args.out)
+    out = Path(args.out).resolve()
+    print(f"{info['head']['kind']} model from {info['source']} -> {out} (Mask2FormerForUniversalSegmentation."
+          f"from_pretrained('{out}'); partdistill predict --weights {out} ...)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +250,46 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("run_dir", help="the run's folder (its run_dir)")
     where.add_argument("--json", action="store_true", help="one JSON object per stage")
     where.set_defaults(func=status)
+
+    weights_help = ("a trained model: a training stage's folder (RUN_DIR/distillation), one of its checkpoints, a run "
+                    "folder (its distillation model) or a folder written by partdistill export")
+    pred = commands.add_parser(
+        "predict", help="run a trained model on your own images",
+        description="Runs a trained model (proposal, distilled or fine-tuned head, as its head.json says) over "
+        "images at the model's input size, batched, on the GPU when there is one. Writes OUT/predictions.jsonl "
+        "(the evaluation file format: partdistill evaluate scores it), OUT/overlays/<image>.png and "
+        "OUT/summary.json. Unreadable images are skipped, counted and named. A distilled model needs each "
+        "object's class: --object-class, --classes or --object-model.")
+    pred.add_argument("--weights", required=True, help=weights_help)
+    pred.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                      help="image files, folders of images (searched recursively) or text files listing image paths")
+    pred.add_argument("--out", required=True, help="output folder")
+    pred.add_argument("--object-class", help="distilled model: the object class of every image (a class key such "
+                      "as class-2 or n02690373, or its name)")
+    pred.add_argument("--classes", metavar="FILE", help="distilled model: a file mapping images to classes, a JSON "
+                      "object {path: class} or lines 'PATH CLASS' (paths relative to the file); --object-class "
+                      "covers the images it does not list")
+    pred.add_argument("--object-model", metavar="FOLDER", help="distilled model: an instance-segmentation model "
+                      "(save_pretrained folder or hub id, e.g. RUN_DIR/instance_training/pretrained) whose top "
+                      "instance is the object: parts are predicted inside its mask, conditioned on its class unless "
+                      "--object-class/--classes give one")
+    pred.add_argument("--dataset", help="the images belong to this dataset split (e.g. synthetic_val): records get its "
+                      "image ids, so `partdistill evaluate --dataset` can score the output")
+    pred.add_argument("--batch-size", type=int, default=8)
+    pred.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+    pred.add_argument("--workers", type=int, default=None, help="image-reading processes (default: one per CPU, "
+                      "at most 8; 0 reads in this process)")
+    pred.add_argument("--proposals", type=int, default=200, help="proposal model: masks kept per image")
+    pred.set_defaults(func=predict)
+
+    exp = commands.add_parser(
+        "export", help="write a trained model as a transformers model folder",
+        description="Writes OUT so that transformers' Mask2FormerForUniversalSegmentation.from_pretrained(OUT) "
+        "loads it (config.json with id2label, model.safetensors), with partdistill.json (what the head is) and a "
+        "model card (README.md). partdistill predict --weights OUT and model.pretrained=OUT take it back.")
+    exp.add_argument("--weights", required=True, help=weights_help)
+    exp.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    exp.set_defaults(func=export)
     return parser
 
 

@@ -41,7 +41,7 @@ def build_model(model_cfg, num_labels: int | None = None):
     randomly initialised one; a model built from config gets `num_labels` or 80.
     """
     options = _model_options(model_cfg)
-    with _quiet_transformers():
+    with quiet_transformers():
         if options["pretrained"]:
             model = _load_pretrained(options["pretrained"], num_labels)
         else:
@@ -166,7 +166,7 @@ def _offline() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """No progress bars, load reports or 'unsupported backbone' notices while building; errors still show."""
     from transformers.utils import logging as hf_logging
 

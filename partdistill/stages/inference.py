@@ -27,22 +27,35 @@ log = logging.getLogger(__name__)
 ToPredictions = Callable[[object, Batch, Sequence[dict]], list[Prediction]]
 
 
-def predict_records(model, records: Sequence[dict], to_predictions: ToPredictions, size: int,
-                    device: torch.device, batch_size: int = 2,
-                    workers: int | None = None) -> Iterator[tuple[list[dict], list[Prediction]]]:
-    """(records, their predictions) per batch of `batch_size` images resized to fit `size`, read by the
-    same loader as the partitioned stages' (`workers` processes; null: one per CPU, at most 8). An
-    unreadable image is left out of its batch (so out of the scores) and named in the log."""
-    for readable, skipped in image_loader(records, batch_size, workers):
-        if skipped:
-            log.warning("%d unreadable image(s) left out: %s", len(skipped),
-                        "; ".join(f"{s['record']['file_name']} ({s['skipped']})" for s in skipped))
+def predict_batches(model, records: Sequence[dict], size: int, device: torch.device, batch_size: int = 2,
+                    workers: int | None = None,
+                    skipped: list[dict] | None = None) -> Iterator[tuple[list[dict], Batch, object]]:
+    """(readable samples {"record", "image"}, their preprocessed batch, the model's outputs) per batch of
+    `batch_size` images resized to fit `size`, read by the same loader as the partitioned stages'
+    (`workers` processes; null: one per CPU, at most 8). An unreadable image is left out of its batch,
+    named in the log or, when `skipped` is given, appended to it ({"record", "skipped": reason}) for the
+    caller to name."""
+    for readable, unreadable in image_loader(records, batch_size, workers):
+        if unreadable and skipped is not None:
+            skipped += unreadable
+        elif unreadable:
+            log.warning("%d unreadable image(s) left out: %s", len(unreadable),
+                        "; ".join(f"{s['record']['file_name']} ({s['skipped']})" for s in unreadable))
         if not readable:
             continue
-        chunk = [sample["record"] for sample in readable]
         batch = preprocess([sample["image"] for sample in readable], size=size, device=device)
         with torch.no_grad():
             outputs = model(pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask)
+        yield readable, batch, outputs
+
+
+def predict_records(model, records: Sequence[dict], to_predictions: ToPredictions, size: int,
+                    device: torch.device, batch_size: int = 2,
+                    workers: int | None = None) -> Iterator[tuple[list[dict], list[Prediction]]]:
+    """(records, their predictions) per batch of `predict_batches`; an unreadable image is left out (so
+    out of the scores) and named in the log."""
+    for readable, batch, outputs in predict_batches(model, records, size, device, batch_size, workers):
+        chunk = [sample["record"] for sample in readable]
         yield chunk, to_predictions(outputs, batch, chunk)
 
 
@@ -116,18 +129,12 @@ def conditioned_parts(object_classes: Sequence[int | None], num_parts: int, top_
             all_masks, all_labels, all_scores = [], [], []
             for annotation in objects:
                 mask = torch.from_numpy(rle.decode(annotation["segmentation"]).astype(bool)).to(logits.device)
-                ys, xs = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
-                if len(ys) == 0:
-                    continue
-                y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-                part_masks, labels, scores = object_parts(
-                    outputs.class_queries_logits[i], logits[:, y0:y1, x0:x1], mask[y0:y1, x0:x1],
-                    object_classes[annotation["category_id"]], num_parts, top_k)
-                full = torch.zeros((len(part_masks), *original), dtype=torch.bool, device=logits.device)
-                full[:, y0:y1, x0:x1] = part_masks
-                all_masks.append(full.cpu().numpy())
-                all_labels.append(labels.cpu().numpy())
-                all_scores.append(scores.cpu().numpy())
+                parts = parts_in_mask(outputs.class_queries_logits[i], logits, mask,
+                                      object_classes[annotation["category_id"]], num_parts, top_k)
+                if parts is not None:
+                    all_masks.append(parts[0])
+                    all_labels.append(parts[1])
+                    all_scores.append(parts[2])
             if not all_masks:
                 predictions.append(Prediction.empty(*original))
                 continue
@@ -136,3 +143,19 @@ def conditioned_parts(object_classes: Sequence[int | None], num_parts: int, top_
         return predictions
 
     return to_predictions
+
+
+def parts_in_mask(class_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor, object_class: int | None,
+                  num_parts: int, top_k: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The parts of the object `mask` ([H, W] bool) of one image (class logits [Q, K x C + 1], mask logits
+    [Q, H, W] at its original size) as numpy (masks [N, H, W], labels, scores), or None for an empty mask.
+    The work is done on the object's box: the per-pixel winner does not depend on the crop."""
+    ys, xs = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    if len(ys) == 0:
+        return None
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    part_masks, labels, scores = object_parts(class_logits, logits[:, y0:y1, x0:x1], mask[y0:y1, x0:x1],
+                                              object_class, num_parts, top_k)
+    full = torch.zeros((len(part_masks), *mask.shape), dtype=torch.bool, device=logits.device)
+    full[:, y0:y1, x0:x1] = part_masks
+    return full.cpu().numpy(), labels.cpu().numpy(), scores.cpu().numpy()

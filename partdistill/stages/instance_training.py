@@ -15,8 +15,6 @@ through `model.pretrained=<folder>`, exactly as they load the COCO model.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,10 +24,10 @@ from partdistill.data.augmentation import InstanceDataset
 from partdistill.engine.distributed import is_main_process
 from partdistill.errors import UserError
 from partdistill.evaluation.instances import TopInstanceIoUEvaluator
+from partdistill.models.export import save_pretrained_folder
 from partdistill.models.inputs import to_model_sample
 from partdistill.models.losses import configure_loss, loss_terms
 from partdistill.models.mask2former import build_model
-from partdistill.io import output_mode
 from partdistill.paths import project_root
 from partdistill.stages.common import device_of
 from partdistill.stages.inference import proposals
@@ -60,20 +58,6 @@ def evaluate_instances(model, dataset: str, size: int, device, batch_size: int, 
     return {name: score(model, TopInstanceIoUEvaluator(), records, proposals(1), size, device, batch_size).evaluate()}
 
 
-def export(model, folder: Path, class_names: list[str]) -> None:
-    """save_pretrained into a temporary folder renamed over `folder`: a reader never sees half of it."""
-    model.config.id2label = dict(enumerate(class_names))
-    model.config.label2id = {name: i for i, name in enumerate(class_names)}
-    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    for path in staging.iterdir():  # safetensors writes model.safetensors 0600
-        os.chmod(path, output_mode())
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
-
-
 def run(cfg: DictConfig) -> dict:
     s = cfg.stage
     records = catalog.load(cfg.data.train, project_root())
@@ -95,6 +79,6 @@ def run(cfg: DictConfig) -> dict:
                    {"images": len(items), "objects": sum(len(i["segments"]) for i in items)},
                    head={"kind": "instances", "num_labels": len(classes), "classes": classes})
     if is_main_process():
-        export(model, Path(s.export), classes)
+        save_pretrained_folder(model, Path(s.export), classes)
         print(f"{STAGE}: instance model -> {s.export} (load it with model.pretrained={s.export})")
     return result
