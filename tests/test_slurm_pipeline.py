@@ -10,6 +10,7 @@ table; then the same command submits nothing.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -94,6 +95,10 @@ def test_the_pipeline_as_dependent_jobs_fails_resumes_and_then_has_nothing_to_su
     assert not steps["proposal_learning"]["array"] and len(steps["proposal_learning"]["tasks"]) == 1
     assert steps["pixel_grouping"]["after"] == [steps["object_masks"]["job_id"]]
     assert steps["summary"]["after_kind"] == "afterany"
+    # submitted again while its jobs are queued: nothing is submitted twice
+    twice = submit(cmd, synth)
+    assert twice.returncode == 0 and "nothing to submit" in twice.stdout and "still queued or running" in twice.stdout
+    assert len(ledger(synth)) == 1
     wait_for_chain(last_steps(synth), timeout=300)
 
     rows, text = status(synth)
@@ -135,3 +140,33 @@ def test_the_pipeline_as_dependent_jobs_fails_resumes_and_then_has_nothing_to_su
     assert done.returncode == 0 and "nothing to submit" in done.stdout and "every stage is done" in done.stdout
     assert len(ledger(synth)) == count
     assert not _queued([e["job_id"] for s in ledger(synth) for e in s["steps"] if e.get("job_id")])
+
+
+def test_a_submission_failing_part_way_cancels_what_it_submitted_and_exits_2(synth, tmp_path):
+    # an sbatch that SLURM's own --test-only check passes, but that refuses the third real submission
+    # (as a cluster may: a job limit reached meanwhile, a controller restart)
+    real = subprocess.run(["which", "sbatch"], capture_output=True, text=True, check=True).stdout.strip()
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    count = tmp_path / "count"
+    (shim / "sbatch").write_text(f"""#!/bin/bash
+case " $* " in *" --test-only "*) exec {real} "$@";; esac
+n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}
+if [ $n -ge 3 ]; then echo "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy" >&2; exit 1; fi
+exec {real} "$@"
+""")
+    (shim / "sbatch").chmod(0o755)
+    env = {**base.env_for(synth), "PATH": f"{shim}:{base.env_for(synth)['PATH']}"}
+    result = subprocess.run(base.command(*PIPELINE), capture_output=True, text=True, env=env, cwd=CHECKOUT,
+                            timeout=240)
+    assert result.returncode == 2, result.stdout + result.stderr
+    err = result.stderr
+    assert "Job violates accounting/QOS policy" in err and "Traceback" not in err
+    cancelled = re.search(r"cancelled the jobs already submitted for this pipeline: (\d+) (\d+)", err)
+    assert cancelled, err
+    base.SUBMITTED.extend(cancelled.groups())
+    for job in cancelled.groups():
+        state = base.wait_until(lambda: base.job_state(job).get("JobState") in ("CANCELLED", "COMPLETED", "FAILED")
+                                and base.job_state(job)["JobState"], 30, f"job {job} to end")
+        assert state == "CANCELLED", job
+    assert ledger(synth) == []  # nothing recorded: the run has no chain
