@@ -17,7 +17,7 @@ from partdistill.data.layout import LayoutReport
 from partdistill.data.missing import DatasetLayoutError, check
 from partdistill.errors import ConfigError, user_error_of
 from partdistill.paths import datasets_root, describe_root
-from partdistill.stages import PARTITIONED, jobs_of, stages_to_run
+from partdistill.stages import PARTITIONED, eval_suites, jobs_of, stages_to_run
 
 # what each stage reads: the training data (data=), the suite (eval=), the suites in stage.eval_suites
 INPUTS = {
@@ -145,8 +145,15 @@ def describe(cfg: DictConfig, reports: list[LayoutReport], launcher: str, launch
     ]
     lines += [f"    {r.dataset:<16} {r.status:<8} {r.path}" for r in reports]
     lines.append("  jobs")
-    lines += [f"    {name:<18} {_jobs(name, stage)}" for name, stage in stages_to_run(cfg)]
-    if launcher == "slurm":
+    for name, stage in stages_to_run(cfg):
+        jobs = _jobs(name, stage)
+        if name == "evaluate" and cfg.stage.name == "pipeline":
+            jobs = f"one per suite ({', '.join(eval_suites(cfg))}), each {jobs}"
+        lines.append(f"    {name:<18} {jobs}")
+    if launcher == "slurm" and cfg.stage.name == "pipeline":
+        lines.append("  launcher  slurm (submitit, with -m): one chain of dependent jobs, each stage with its own "
+                     "resources as listed (an array per partitioned stage, a job per evaluation suite, a summary job)")
+    elif launcher == "slurm":
         asked = ", ".join(f"{key}={launcher_cfg.get(key)}" for key in SLURM_KEYS)
         lines.append(f"  launcher  slurm (submitit, with -m): {asked}")
     else:

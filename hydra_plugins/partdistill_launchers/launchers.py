@@ -21,6 +21,8 @@ On top of hydra-submitit-launcher's SLURM launcher, `SubmititSlurmLauncher`:
     the same overrides into the same output folder (at most `max_num_timeout` times); a stage
     that saves at its next safe point (training: when the current step ends) is waited for,
     at most `signal_delay_s / 2` seconds, before the requeue ends the process;
+  * submits `stage=pipeline` as a chain of dependent jobs, each stage with its own resources, and
+    returns without waiting (pipeline.py; `partdistill status RUN_DIR` follows it);
   * ends the sweep with one report naming each job that failed or died without a result (its
     job id, state, log files) and, for a partitioned stage, the command that resubmits only the
     incomplete partitions.
