@@ -168,7 +168,7 @@ def predict(args: argparse.Namespace) -> int:
     summary = run_predict(args.weights, args.images, args.out, object_class=args.object_class,
                           class_file=args.classes, object_model=args.object_model, dataset=args.dataset,
                           batch_size=args.batch_size, device=args.device, workers=args.workers,
-                          proposals=args.proposals)
+                          proposals=args.proposals, dataset_objects=args.dataset_objects)
     print(format_summary(summary, Path(args.out).resolve()))
     return 0
 
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "--object-class/--classes give one")
     pred.add_argument("--dataset", help="the images belong to this dataset split (e.g. synthetic_val): records get its "
                       "image ids, so `partdistill evaluate --dataset` can score the output")
+    pred.add_argument("--dataset-objects", action="store_true", help="distilled model: each object annotated in "
+                      "--dataset's records, with its mask and class (as stage=evaluate conditions the model)")
     pred.add_argument("--batch-size", type=int, default=8)
     pred.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
     pred.add_argument("--workers", type=int, default=None, help="image-reading processes (default: one per CPU, "

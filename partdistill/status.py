@@ -42,8 +42,8 @@ def _from_slurm(row: dict, stage: str, steps: list[dict], queued: dict[str, tupl
         outcome = ledger.task_outcome(task)
         if outcome == "never started":
             cancelled.append(task)
-        elif outcome == "failed" or stage not in PARTITIONED:
-            failed.append(task)
+        elif outcome == "failed":
+            failed.append(task)  # (a job that ended well with its stage not done leaves the stage partial)
     if failed:
         row["state"] = "failed"
         row["failed"] = [{"job_id": t["job_id"], "what": t["what"], "log": t["stdout"], "errors": t["stderr"]}

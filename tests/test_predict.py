@@ -122,6 +122,28 @@ def test_predictions_scored_by_partdistill_evaluate_equal_stage_evaluate(env, tm
     assert {k: scored[k] for k in metrics} == pytest.approx(metrics, abs=1e-9)
 
 
+def test_on_the_val_set_each_annotated_object_gives_the_metrics_of_stage_evaluate(env, tmp_path, capsys):
+    """synthetic_val holds images of two objects of different classes: --dataset-objects conditions each
+    annotated object on its own class, as stage=evaluate does, so scoring predict's file gives its metrics."""
+    root, run_dir = env
+    out = tmp_path / "predicted"
+    assert predict("--weights", str(run_dir / "distillation"), "--images", str(root / "datasets/synthetic/val"),
+                   "--dataset", "synthetic_val", "--dataset-objects", "--out", str(out)) == 0
+    assert main(["evaluate", "--dataset", "synthetic_val", "--predictions", str(out / "predictions.jsonl"),
+                 "--out", str(tmp_path / "scored"), "--overlays", "0"]) == 0
+    reference = stages.run(config.compose([
+        "experiment=smoke", "stage=evaluate", f"run_dir={run_dir}", f"model.weights={run_dir}/distillation",
+        "eval.overlays=0", f"stage.out={tmp_path / 'reference'}"]))["evaluate"]
+    scored = json.loads((tmp_path / "scored/metrics.json").read_text())
+    metrics = {k: v for k, v in reference.items() if isinstance(v, (int, float))}
+    assert {"C-mIoU", "A-mIoU"} <= set(metrics) and metrics["C-mIoU"] > 0
+    assert {k: scored[k] for k in metrics} == pytest.approx(metrics, abs=1e-9)
+    capsys.readouterr()
+    assert predict("--weights", str(run_dir / "distillation"), "--images", str(root / "datasets/synthetic/val"),
+                   "--dataset-objects", "--out", str(tmp_path / "x")) == 2
+    assert "give --dataset NAME too" in capsys.readouterr().err
+
+
 def test_export_loads_with_transformers_and_gives_the_runs_logits(env, tmp_path, capsys):
     from transformers import Mask2FormerForUniversalSegmentation
 

@@ -80,7 +80,8 @@ def list_images(paths: Sequence[str], dataset_records: Sequence[dict] | None = N
     """Records {"file_name": absolute path, "image_id"} of the images `paths` name: image files, folders (their
     image files, recursively, by suffix) and list files (one path a line, relative to the list's folder; `#`
     starts a comment). image_id is the path as given (a folder's images: the folder joined with their path
-    in it) or, with `dataset_records` (of the catalog split `dataset`), that dataset's id of the same file.
+    in it) or, with `dataset_records` (of the catalog split `dataset`), that dataset's record of the same file
+    (its id and annotations).
     Nothing is opened: an unreadable image is found, and skipped, when it is read."""
     found: dict[Path, str] = {}  # each file once, in the order given
     for arg in paths:
@@ -103,13 +104,13 @@ def list_images(paths: Sequence[str], dataset_records: Sequence[dict] | None = N
     records = [{"file_name": str(file), "image_id": image_id} for file, image_id in found.items()]
     if dataset_records is None:
         return records
-    ids = {str(Path(r["file_name"]).resolve()): r["image_id"] for r in dataset_records}
+    ids = {str(Path(r["file_name"]).resolve()): r for r in dataset_records}
     outside = [r["file_name"] for r in records if r["file_name"] not in ids]
     if outside:
         raise UserError(f"{len(outside)} image(s) are not in {dataset}, so they have no image id there: "
                         f"{', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}; leave out the dataset "
                         "option or these images")
-    return [{**r, "image_id": ids[r["file_name"]]} for r in records]
+    return [{**ids[r["file_name"]], "file_name": r["file_name"]} for r in records]  # its id and annotations
 
 
 def _lines(path: Path) -> list[str]:

@@ -6,8 +6,9 @@ The model (`trained_models`: a stage folder, checkpoint, run folder or exported 
 at the input size its training used, in batches, on the GPU when there is one. Its head decides what is
 predicted: proposals (the top-k class-agnostic masks), semantic (one mask per part class) or, for the
 distilled model, the parts of one object whose class selects the head's K outputs (`object_parts`). That
-class comes from `object_class` (all images), `class_file` (per image) or the top instance of an object
-model (which also gives the object's mask, and runs at the part model's input size; without one the
+class comes from `object_class` (all images), `class_file` (per image), the annotations of `dataset`
+(`dataset_objects`: every annotated object, its mask and class, as stage=evaluate conditions) or the top
+instance of an object model (which also gives the object's mask, and runs at the part model's input size; without one the
 object is the whole image); each image's source is written out. Outputs in `out`: predictions.jsonl in the evaluation file format (`partdistill
 evaluate` scores it; with `dataset`, image ids are that dataset's), overlays/<image>.png (image | parts,
 with a legend) and summary.json (per image: its class and where it came from; the unreadable images).
@@ -117,9 +118,14 @@ def overlay_name(image_id) -> str:
 class Predictor:
     """Turns one batch's outputs into each image's Prediction, overlay label map and object class."""
 
-    def __init__(self, head: dict, proposals: int, object_model=None, object_source: str = ""):
+    def __init__(self, head: dict, proposals: int, object_model=None, object_source: str = "",
+                 dataset_objects: str | None = None):
         self.head, self.kind, self.k = head, head["kind"], proposals
         self.object_model, self.object_source = object_model, object_source
+        self.dataset = dataset_objects  # every annotated object of this dataset's records, as stage=evaluate
+        if dataset_objects is not None:
+            self.annotated = inference.parts_of_head(head, catalog.metadata(dataset_objects, project_root()),
+                                                     dataset_objects)
         self.labels = label_names(head)
         if self.kind == "conditioned_parts":
             self.keys, self.names = list(head["classes"]), class_names(head)
@@ -132,6 +138,11 @@ class Predictor:
         if self.kind == "semantic":
             predictions = inference.semantic()(outputs, batch, [s["record"] for s in samples])
             return [(p, p.label_map(), dict(enumerate(self.labels)), "parts", None) for p in predictions]
+        if self.dataset is not None:
+            predictions = self.annotated(outputs, batch, [s["record"] for s in samples])
+            names = {k: f"part {k}" for k in range(int(self.head["num_parts"]))}
+            source = ObjectClass(None, f"--dataset-objects: each annotated object of {self.dataset}, its class")
+            return [(p, p.label_map(), names, "parts of the annotated objects", source) for p in predictions]
         objects = [None] * len(samples)
         if self.object_model is not None:
             with torch.no_grad():
@@ -178,18 +189,27 @@ class Predictor:
         return prediction, shown.label_map(), names, f"top {len(names)} proposals", None
 
 
-def check_options(head: dict, object_class, class_file, object_model) -> None:
+def check_options(head: dict, object_class, class_file, object_model, dataset_objects: bool = False,
+                  dataset: str | None = None) -> None:
     """Class options belong to the distilled head, which cannot run without one of them."""
+    if dataset_objects and not dataset:
+        raise UserError("--dataset-objects takes the objects of a dataset's annotations: give --dataset NAME too "
+                        "(e.g. --dataset synthetic_val)")
     given = [flag for flag, value in (("--object-class", object_class), ("--classes", class_file),
-                                      ("--object-model", object_model)) if value]
+                                      ("--object-model", object_model), ("--dataset-objects", dataset_objects))
+             if value]
+    if dataset_objects and len(given) > 1:
+        raise UserError(f"{', '.join(given)}: --dataset-objects gives every object its class from the annotations; "
+                        "leave the other class options out")
     if head["kind"] != "conditioned_parts" and given:
         raise UserError(f"{', '.join(given)}: only a distilled (class-conditioned) model takes an object class; this "
                         f"model's head is {head['kind']!r}: leave them out")
     if head["kind"] == "conditioned_parts" and not given:
         shown = ", ".join(class_names(head)[:20])
         raise UserError(f"this distilled model predicts the parts of an object of a given class: give --object-class "
-                        f"NAME (for every image), --classes FILE (a class per image) or --object-model FOLDER (its "
-                        f"top instance); its classes: {shown}")
+                        f"NAME (for every image), --classes FILE (a class per image), --object-model FOLDER (its "
+                        f"top instance) or --dataset NAME --dataset-objects (each annotated object); its classes: "
+                        f"{shown}")
 
 
 def device_for(device: str) -> torch.device:
@@ -216,22 +236,23 @@ def _class_fields(cls: ObjectClass | None, head: dict) -> dict:
 
 def predict(weights: str | Path, images: Sequence[str], out: str | Path, object_class: str | None = None,
             class_file: str | None = None, object_model: str | None = None, dataset: str | None = None,
-            batch_size: int = 8, device: str = "auto", workers: int | None = None, proposals: int = 200) -> dict:
+            batch_size: int = 8, device: str = "auto", workers: int | None = None, proposals: int = 200,
+            dataset_objects: bool = False) -> dict:
     """Runs the model of `weights` over `images` (files, folders, list files); writes predictions.jsonl,
     overlays/ and summary.json to `out`; returns the summary."""
     folder = trained_folder(Path(weights).resolve())
     head = find_head(folder)
-    check_options(head, object_class, class_file, object_model)
+    check_options(head, object_class, class_file, object_model, dataset_objects, dataset)
     records = list_images(images, catalog.load(dataset, project_root()) if dataset else None, dataset)
     distilled = head["kind"] == "conditioned_parts"
-    fixed = fixed_classes(records, head, object_class, class_file, bool(object_model)) if distilled else \
-        [None] * len(records)
+    fixed = fixed_classes(records, head, object_class, class_file, bool(object_model)) \
+        if distilled and not dataset_objects else [None] * len(records)
     target = device_for(device)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: give at least 1")
     model = load_head_model(folder, head, target)
     predictor = Predictor(head, proposals, load_object_model(object_model, target) if object_model else None,
-                          object_model or "")
+                          object_model or "", dataset if dataset_objects else None)
     fixed_of = {r["image_id"]: f for r, f in zip(records, fixed)}
     out = Path(out)
     lines, done, skipped = [], [], []
