@@ -151,8 +151,11 @@ def describe(cfg: DictConfig, reports: list[LayoutReport], launcher: str, launch
             jobs = f"one per suite ({', '.join(eval_suites(cfg))}), each {jobs}"
         lines.append(f"    {name:<18} {jobs}")
     if launcher == "slurm" and cfg.stage.name == "pipeline":
-        lines.append("  launcher  slurm (submitit, with -m): one chain of dependent jobs, each stage with its own "
-                     "resources as listed (an array per partitioned stage, a job per evaluation suite, a summary job)")
+        shared = ", ".join(f"{key}={launcher_cfg.get(key)}" for key in SLURM_KEYS
+                           if key not in ("nodes", "gpus_per_node", "tasks_per_node"))
+        lines.append("  launcher  slurm (submitit, with -m): one chain of dependent jobs, each stage's nodes, GPUs and "
+                     "tasks as listed (an array per partitioned stage, a job per evaluation suite, a one-CPU summary "
+                     f"job); every job: {shared}")
     elif launcher == "slurm":
         asked = ", ".join(f"{key}={launcher_cfg.get(key)}" for key in SLURM_KEYS)
         lines.append(f"  launcher  slurm (submitit, with -m): {asked}")

@@ -96,7 +96,10 @@ def format_status(run_dir: Path, rows: list[dict]) -> str:
     """The rows as an aligned table, a line counting the stages done, and the resume command if one is needed."""
     width = max(len(r["stage"]) for r in rows)
     lines = [f"{run_dir}:"]
-    lines += [f"  {r['stage']:<{width}}  {r['state']:<11}  {r['detail']}".rstrip() for r in rows]
+    for r in rows:
+        jobs = [job for job in r.get("jobs", []) if job not in r["detail"]]
+        detail = r["detail"] + (f" [SLURM job {', '.join(jobs)}]" if jobs else "")
+        lines.append(f"  {r['stage']:<{width}}  {r['state']:<11}  {detail}".rstrip())
     done = sum(r["state"] == "done" for r in rows)
     lines.append(f"  {done} of {len(rows)} stages done (read from the run folder; a stage a run does not "
                  "include stays 'not started')")
