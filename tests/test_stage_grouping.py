@@ -10,6 +10,7 @@ from partdistill import stages
 from partdistill.data import masks, part_imagenet
 from partdistill.models.dcrf import DenseCRFUnavailable
 from partdistill.stages import pixel_grouping
+from partdistill.errors import UserError
 from partdistill.store import Store, StoreMismatch
 
 
@@ -82,7 +83,7 @@ def test_object_masks_from_the_instance_model(synth, compose_cfg):
 
 
 def test_dense_crf(synth, compose_cfg, monkeypatch):
-    run(compose_cfg, synth / "runs/c", "object_masks", "stage.partition=0")
+    run(compose_cfg, synth / "runs/c", "object_masks")
     result = run(compose_cfg, synth / "runs/c", "pixel_grouping", "stage.partition=0", "stage.dcrf.enabled=true")
     assert result["objects"] > 0
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # as if it were not installed
@@ -96,3 +97,21 @@ def test_grouping_evaluation_scores_clusters_as_proposals(synth, compose_cfg):
     result = run(compose_cfg, synth / "runs/e", "pixel_grouping", "stage.evaluate=true", "eval=part_imagenet")
     assert set(result) >= {"AR@1", "AR@200", "AR-nonoverlap@200"} and isinstance(result["AR@200"], float)
     assert (synth / "runs/e/eval/part_imagenet/metrics.json").is_file()
+
+
+@pytest.mark.parametrize("reader", ["pixel_grouping", "proposal_learning"])
+def test_a_stage_refuses_an_upstream_store_with_incomplete_partitions(synth, compose_cfg, reader):
+    """A failed task of an array leaves its stage's store incomplete: the next stage reading it would train on,
+    or group, part of the data without a word. It stops instead, naming the partitions and the fix."""
+    run_dir = synth / "run"
+    upstream = "object_masks" if reader == "pixel_grouping" else "pixel_grouping"
+    run(compose_cfg, run_dir, "object_masks", *(["stage.partition=0"] if upstream == "object_masks" else []))
+    if upstream == "pixel_grouping":
+        run(compose_cfg, run_dir, "pixel_grouping", "stage.partition=1")
+    with pytest.raises(UserError) as refused:
+        run(compose_cfg, run_dir, reader, "stage.solver.max_iter=1") if reader == "proposal_learning" else \
+            run(compose_cfg, run_dir, reader)
+    message = str(refused.value)
+    missing = "1" if upstream == "object_masks" else "0"
+    assert f"{run_dir / 'store' / upstream}" in message and f"incomplete partitions: {missing}" in message
+    assert f"stage={upstream}" in message and "stage.partition=incomplete" in message

@@ -40,6 +40,22 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.run_dir) / "eval" / cfg.eval.suite
 
 
+def complete_upstream(store_root: Path, upstream: str, reader: str) -> Store:
+    """The `upstream` store that stage `reader` reads, refused while any of its partitions is incomplete (a
+    failed array task): reading it would group or train on part of the data without a word."""
+    store = Store.open(store_root, upstream)  # StoreMissing names the stage to run first
+    missing = store.incomplete()
+    if missing:
+        shown = ",".join(map(str, missing[:10])) + (",..." if len(missing) > 10 else "")
+        raise UserError(
+            f"{reader}: the {upstream} store in {store.folder} has incomplete partitions: {shown} ({len(missing)} of "
+            f"{store.num_partitions}), so {reader} would read only part of the data. Complete it first: run "
+            f"stage={upstream} again with the same overrides (it skips the complete shards; on SLURM: -m "
+            f"hydra/launcher=slurm stage={upstream} stage.partition=incomplete), or see its failed tasks with "
+            "partdistill status RUN_DIR")
+    return store
+
+
 def model_identity(cfg: DictConfig) -> dict:
     """The model's part of a store identity; the seed sets the weights of a model built from config."""
     return {"name": cfg.model.name, "pretrained": cfg.model.pretrained, "weights": cfg.model.weights,

@@ -41,10 +41,10 @@ from partdistill.models.conditioned_head import (
 from partdistill.models.inputs import to_model_sample
 from partdistill.models.mask2former import build_model
 from partdistill.paths import project_root
-from partdistill.stages.common import device_of
+from partdistill.stages.common import complete_upstream, device_of
 from partdistill.stages.inference import parts_of_head
 from partdistill.stages.training import score, suite_records, train
-from partdistill.store import Store, class_key
+from partdistill.store import class_key
 
 STAGE = "distillation"
 UPSTREAM = "part_ranking"
@@ -100,7 +100,7 @@ def score_parts(model, suite: str, split: int, head: dict, size: int, device: to
 def run(cfg: DictConfig) -> dict:
     s = cfg.stage
     run_dir = Path(cfg.run_dir)
-    store = Store.open(run_dir / "store", UPSTREAM)  # StoreMissing names the stage to run first
+    store = complete_upstream(run_dir / "store", UPSTREAM, STAGE)
     records = list(store.records())
     classes = sorted({class_key(r) for r in records})
     num_parts = int(s.num_part_classes)

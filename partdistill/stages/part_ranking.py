@@ -54,6 +54,7 @@ from partdistill.models.mask2former import build_model
 from partdistill.models.outputs import image_logits
 from partdistill.paths import project_root
 from partdistill.stages.common import (
+    complete_upstream,
     device_of,
     model_identity,
     print_summary,
@@ -255,7 +256,7 @@ def _rank_shard(s: DictConfig, model, items: list[dict], shard, generator: torch
 def run(cfg: DictConfig) -> dict:
     s, device = cfg.stage, device_of(cfg)
     store_root = Path(cfg.run_dir) / "store"
-    upstream = Store.open(store_root, UPSTREAM)  # StoreMissing names the stage to run first
+    upstream = complete_upstream(store_root, UPSTREAM, STAGE)
     weights, iteration = proposal_weights(cfg)
     store = Store(store_root, STAGE, s.num_partitions, identity(cfg, upstream.hash, weights, iteration))
     loaded = []  # the model is loaded once, and only if some partition is still to be written

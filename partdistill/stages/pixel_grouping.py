@@ -36,6 +36,7 @@ from partdistill.models.mask2former import build_model
 from partdistill.models.outputs import backbone_features
 from partdistill.paths import project_root
 from partdistill.stages.common import (
+    complete_upstream,
     device_of,
     model_identity,
     output_dir,
@@ -126,7 +127,7 @@ def run(cfg: DictConfig) -> dict:
         ev = cfg.eval
         return evaluate_grouping(cfg, f"{ev.dataset}_{ev.split}", output_dir(cfg), ev.suite)
     store_root = Path(cfg.run_dir) / "store"
-    upstream = Store.open(store_root, UPSTREAM)
+    upstream = complete_upstream(store_root, UPSTREAM, STAGE)
     store = Store(store_root, STAGE, s.num_partitions, identity(cfg, upstream.hash))
     model = build_model(cfg.model).eval().to(device_of(cfg))
 

@@ -29,9 +29,8 @@ from partdistill.errors import UserError
 from partdistill.models.inputs import to_model_sample
 from partdistill.models.losses import configure_loss, loss_terms
 from partdistill.models.mask2former import build_model
-from partdistill.stages.common import device_of
+from partdistill.stages.common import complete_upstream, device_of
 from partdistill.stages.training import score_proposals, suite_records, train
-from partdistill.store import Store
 
 STAGE = "proposal_learning"
 UPSTREAM = "pixel_grouping"
@@ -77,7 +76,7 @@ def evaluate_proposals(model, suites, size: int, device: torch.device, batch_siz
 
 def run(cfg: DictConfig) -> dict:
     s = cfg.stage
-    store = Store.open(Path(cfg.run_dir) / "store", UPSTREAM)  # StoreMissing names the stage to run first
+    store = complete_upstream(Path(cfg.run_dir) / "store", UPSTREAM, STAGE)
     items = training_items(store.records(), s.min_object_area_ratio, s.min_area_ratio)
     if not items:
         raise UserError(f"{STAGE}: no part of the '{UPSTREAM}' store in {store.folder} passes the filters "
