@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -54,8 +53,7 @@ from hydra_plugins.partdistill_launchers.submission import (
     SubmissionError,
     _refusal,
     ensure_job_states,
-    executor_parameters,
-    job_setup_lines,
+    make_executor,
     refuse_hopeless,
     sbatch_test_only,
     snapshot_folder,
@@ -111,7 +109,6 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
     fail_on_error = False
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit
         from submitit.core.utils import FailedJobError
 
         from partdistill import plan
@@ -137,15 +134,8 @@ class SubmititSlurmLauncher(_CheckSweepFirst, SlurmLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
 
-        init, update = executor_parameters(self.params)
         snapshot = snapshot_folder(sweep_dir) if self.params.get("snapshot", True) else None
-        update["slurm_setup"] = list(update.get("slurm_setup") or []) + job_setup_lines(snapshot, project_root())
-        if snapshot is not None and sys.version_info >= (3, 11):
-            # -P: the submission directory does not go first on sys.path, so the snapshot's code is the
-            # one imported even when sweeps are launched from the checkout itself
-            init["slurm_python"] = f"{shlex.quote(sys.executable)} -P"
-        executor = submitit.AutoExecutor(**init)
-        executor.update_parameters(**update)
+        executor = make_executor(self.params, snapshot, project_root())
 
         job_params: List[Any] = []
         for idx, (overrides, cfg) in enumerate(zip(job_overrides, configs)):

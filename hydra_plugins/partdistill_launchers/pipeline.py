@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hydra_plugins.partdistill_launchers.submission import (
     SubmissionError,
     _refusal,
-    executor_parameters,
-    job_setup_lines,
+    make_executor,
     sbatch_test_only,
+    snapshot_folder,
     take_snapshot,
 )
 
@@ -47,18 +47,6 @@ def step_params(launcher_params: dict[str, Any], cfg: DictConfig, summary: bool)
     if summary:
         params.update(SUMMARY_RESOURCES, name="pd_summary")
     return params
-
-
-def _executor(params: dict[str, Any], snapshot: Path | None, project: Path) -> Any:
-    import submitit
-
-    init, update = executor_parameters(params)
-    update["slurm_setup"] = list(update.get("slurm_setup") or []) + job_setup_lines(snapshot, project)
-    if snapshot is not None and sys.version_info >= (3, 11):
-        init["slurm_python"] = f"{shlex.quote(sys.executable)} -P"  # see launchers.py: the snapshot's code first
-    executor = submitit.AutoExecutor(**init)
-    executor.update_parameters(**update)
-    return executor
 
 
 def _resources(params: dict[str, Any]) -> str:
@@ -87,13 +75,12 @@ def submit(launcher: Any, cfg: DictConfig, first_num: int) -> None:
 
     sweep_dir = Path(str(cfg.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    snapshot = sweep_dir / ".snapshot" / f"{time.strftime('%Y%m%d-%H%M%S')}-pipeline" \
-        if launcher.params.get("snapshot", True) else None
+    snapshot = snapshot_folder(sweep_dir) if launcher.params.get("snapshot", True) else None
     executors = {}
     for step in steps:  # every request checked before the first submission
         if step.submit:
             params = step_params(launcher.params, step.configs[0], step.label == chain.SUMMARY)
-            executor = _executor(params, snapshot, project_root())
+            executor = make_executor(params, snapshot, project_root())
             sbatch_test_only(executor, len(step.configs) if step.array else 1)
             executors[step.label] = (executor, params)
     if snapshot is not None:

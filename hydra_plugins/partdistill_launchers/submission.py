@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +74,22 @@ def job_setup_lines(snapshot: Optional[Path], root: Path) -> List[str]:
             f"export PYTHONPATH={shlex.quote(str(snapshot))}${{PYTHONPATH:+:$PYTHONPATH}}",
         ]
     return lines
+
+
+def make_executor(params: Dict[str, Any], snapshot: Optional[Path], root: Path) -> Any:
+    """A submitit executor for the launcher's settings `params`, its jobs running the code in `snapshot` (None:
+    the installed code) with the dataset root `root`."""
+    import submitit
+
+    init, update = executor_parameters(params)
+    update["slurm_setup"] = list(update.get("slurm_setup") or []) + job_setup_lines(snapshot, root)
+    if snapshot is not None and sys.version_info >= (3, 11):
+        # -P: the submission directory does not go first on sys.path, so the snapshot's code is the
+        # one imported even when sweeps are launched from the checkout itself
+        init["slurm_python"] = f"{shlex.quote(sys.executable)} -P"
+    executor = submitit.AutoExecutor(**init)
+    executor.update_parameters(**update)
+    return executor
 
 
 def snapshot_folder(sweep_dir: Path) -> Path:
