@@ -54,6 +54,7 @@ from hydra_plugins.partdistill_launchers.submission import (
     _refusal,
     ensure_job_states,
     make_executor,
+    settings_for,
     refuse_hopeless,
     sbatch_test_only,
     snapshot_folder,
@@ -75,9 +76,8 @@ class _CheckSweepFirst:
         apply_experiment(config, config.hydra.overrides.task)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         params = getattr(self, "params", None)
-        for key in params or {}:  # submitit resolved them at instantiation, before the merge
-            value = OmegaConf.select(config, f"hydra.launcher.{key}")
-            params[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if params:  # submitit resolved them at instantiation, before the merge
+            params.update(settings_for(config, params))
 
     def _check_sweep(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig]:
         from partdistill import plan, sweeps

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from hydra_plugins.partdistill_launchers.submission import (
     SubmissionError,
     _refusal,
     make_executor,
     sbatch_test_only,
+    settings_for,
     snapshot_folder,
     take_snapshot,
 )
@@ -40,10 +41,7 @@ SUMMARY_RESOURCES = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_
 
 def step_params(launcher_params: dict[str, Any], cfg: DictConfig, summary: bool) -> dict[str, Any]:
     """The launcher's settings resolved against this step's config (its stage's resources and name)."""
-    params = {}
-    for key in launcher_params:
-        value = OmegaConf.select(cfg, f"hydra.launcher.{key}")
-        params[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    params = settings_for(cfg, launcher_params)
     if summary:
         params.update(SUMMARY_RESOURCES, name="pd_summary")
     return params

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
@@ -58,6 +58,16 @@ def executor_parameters(params: Dict[str, Any]) -> tuple[Dict[str, Any], Dict[st
     update = {key if key in shared else f"slurm_{key}": value for key, value in params.items()
               if value is not None or key in shared}
     return init, update
+
+
+def settings_for(cfg: Any, keys: Iterable[str]) -> Dict[str, Any]:
+    """The launcher's settings `keys` (hydra.launcher.<key>) resolved against `cfg`, whose stage's resources
+    and name they interpolate."""
+    settings = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, f"hydra.launcher.{key}")
+        settings[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return settings
 
 
 def job_setup_lines(snapshot: Optional[Path], root: Path) -> List[str]:
