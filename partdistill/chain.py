@@ -59,13 +59,13 @@ def plan(cfg: DictConfig, live: dict[str, list[str]]) -> tuple[list[Step], list[
         if live.get(label):
             steps.append(Step(label, name, [], [], name in PARTITIONED, live=live[label]))
             continue
-        done = progress.skippable(job)
-        if done:
-            skipped.append(f"{label}: done under this configuration ({done.detail})")
+        found = progress.of_job(job)
+        if progress.skippable(job, found):
+            skipped.append(f"{label}: done under this configuration ({found.detail})")
             continue
         if name in PARTITIONED:
             # a store complete under other values still gets one task: the stage refuses it with the differences
-            parts = progress.partitioned(run_dir, name, int(job.stage.num_partitions)).incomplete or [0]
+            parts = found.incomplete or [0]
             configs = [_with_partition(job, i) for i in parts]
             steps.append(Step(label, name, configs, [f"partition {i}" for i in parts], True))
         else:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from partdistill.config.ranges import check_partition
 from partdistill.engine.distributed import environment
 from partdistill.errors import UserError
+from partdistill.stages.progress import listed
 from partdistill.store import Store, class_key, partition_records
 from partdistill.store.writer import Completed
 
@@ -46,10 +47,10 @@ def complete_upstream(store_root: Path, upstream: str, reader: str) -> Store:
     store = Store.open(store_root, upstream)  # StoreMissing names the stage to run first
     missing = store.incomplete()
     if missing:
-        shown = ",".join(map(str, missing[:10])) + (",..." if len(missing) > 10 else "")
         raise UserError(
-            f"{reader}: the {upstream} store in {store.folder} has incomplete partitions: {shown} ({len(missing)} of "
-            f"{store.num_partitions}), so {reader} would read only part of the data. Complete it first: run "
+            f"{reader}: the {upstream} store in {store.folder} has incomplete partitions: {listed(missing)} "
+            f"({len(missing)} of {store.num_partitions}), so {reader} would read only part of the data. Complete "
+            "it first: run "
             f"stage={upstream} again with the same overrides (it skips the complete shards; on SLURM: -m "
             f"hydra/launcher=slurm stage={upstream} stage.partition=incomplete), or see its failed tasks with "
             "partdistill status RUN_DIR")

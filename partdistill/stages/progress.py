@@ -53,8 +53,13 @@ def partitioned(run_dir: Path, stage: str, num_partitions: int | None = None) ->
     done, total, missing = len(summary["complete"]), summary["num_partitions"], summary["incomplete"]
     detail = f"{done}/{total} shards complete, {summary['records']} records, {summary['skipped']} skipped"
     if missing:
-        detail += "; incomplete: " + ",".join(map(str, missing[:10])) + (",..." if len(missing) > 10 else "")
+        detail += f"; incomplete: {listed(missing)}"
     return Progress(stage, "done" if not missing else "partial", detail, folder, list(missing))
+
+
+def listed(partitions: list[int], most: int = 10) -> str:
+    """Partition indices as a short list: `3,17,...` past `most` of them."""
+    return ",".join(map(str, partitions[:most])) + (",..." if len(partitions) > most else "")
 
 
 def training(run_dir: Path, stage: str, max_iter: int | None = None) -> Progress:
@@ -122,25 +127,32 @@ def record_key(cfg: DictConfig) -> str:
     return f"evaluate-{cfg.eval.suite}" if cfg.stage.name == "evaluate" else str(cfg.stage.name)
 
 
+def _record(cfg: DictConfig) -> Path:
+    return Path(cfg.run_dir) / ".done" / f"{record_key(cfg)}.json"
+
+
 def mark_made(cfg: DictConfig) -> None:
     """Records that `cfg.stage` returned, and under which values (see the module's docstring)."""
-    path = Path(cfg.run_dir) / ".done" / f"{record_key(cfg)}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"stage": str(cfg.stage.name), "made_by": made_by(cfg)})
+    _record(cfg).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(_record(cfg), {"stage": str(cfg.stage.name), "made_by": made_by(cfg)})
 
 
 def made_under(cfg: DictConfig) -> bool:
     """Whether the outputs of `cfg.stage` on disk were made under these values."""
-    path = Path(cfg.run_dir) / ".done" / f"{record_key(cfg)}.json"
     try:
-        return json.loads(path.read_text()).get("made_by") == made_by(cfg)
+        return json.loads(_record(cfg).read_text()).get("made_by") == made_by(cfg)
     except (OSError, ValueError):
         return False
 
 
-def skippable(cfg: DictConfig) -> Progress | None:
-    """The stage's progress when it is done under this configuration (a pipeline then skips it), else None."""
+def of_job(cfg: DictConfig) -> Progress:
+    """Where the one stage of `cfg` (a single-stage config; an evaluation: of its own suite) stands."""
     name = str(cfg.stage.name)
-    suites = [str(cfg.eval.suite)] if name == "evaluate" else None
-    progress = of_stage(Path(cfg.run_dir), name, cfg.stage, suites)
-    return progress if progress.state == "done" and made_under(cfg) else None
+    return of_stage(Path(cfg.run_dir), name, cfg.stage, [str(cfg.eval.suite)] if name == "evaluate" else None)
+
+
+def skippable(cfg: DictConfig, found: Progress | None = None) -> Progress | None:
+    """The stage's progress (`found`, else read now) when it is done under this configuration (a pipeline
+    then skips it), else None."""
+    found = found or of_job(cfg)
+    return found if found.state == "done" and made_under(cfg) else None
