@@ -79,20 +79,18 @@ class Checker:
         return False
 
     def folder(self, rel: str, what: str = "folder") -> Path | None:
-        path = self.base / rel
-        if self._absent(path, what):
-            return None
-        if not path.is_dir():
-            self.report.missing.append(f"{path}/ ({what})")
-            return None
-        return path
+        return self._expect(rel, what, Path.is_dir, "/")
 
     def file(self, rel: str, what: str = "file") -> Path | None:
+        return self._expect(rel, what, Path.is_file, "")
+
+    def _expect(self, rel: str, what: str, is_kind, shown_suffix: str) -> Path | None:
+        """base/rel if it is of the kind `is_kind` tests, else None with it recorded as missing."""
         path = self.base / rel
         if self._absent(path, what):
             return None
-        if not path.is_file():
-            self.report.missing.append(f"{path} ({what})")
+        if not is_kind(path):
+            self.report.missing.append(f"{path}{shown_suffix} ({what})")
             return None
         return path
 
